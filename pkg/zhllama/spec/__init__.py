@@ -1,0 +1,40 @@
+"""Typed, validated run specs built from size presets, YAML files and --set overrides."""
+
+from zhllama.spec.loading import new_run_id, parse_set, resolve_spec, spec_from_json
+from zhllama.spec.models import (
+    DISTRIBUTED_STAGES,
+    PIPELINE_STAGES,
+    STAGE_SPECS,
+    EvalSpec,
+    GenerateSpec,
+    LoraSpec,
+    MergeSpec,
+    PipelineSpec,
+    QuantizeSpec,
+    Resources,
+    StageSpec,
+    TokenizerSpec,
+    TrainSpec,
+)
+from zhllama.spec.presets import PRESETS
+
+__all__ = [
+    "DISTRIBUTED_STAGES",
+    "PIPELINE_STAGES",
+    "PRESETS",
+    "STAGE_SPECS",
+    "EvalSpec",
+    "GenerateSpec",
+    "LoraSpec",
+    "MergeSpec",
+    "PipelineSpec",
+    "QuantizeSpec",
+    "Resources",
+    "StageSpec",
+    "TokenizerSpec",
+    "TrainSpec",
+    "new_run_id",
+    "parse_set",
+    "resolve_spec",
+    "spec_from_json",
+]

@@ -1,0 +1,376 @@
+"""Typed run specs, one per stage.
+
+Every field carries a docstring: it is the documentation `ctl explain` and the chart's values reference show.
+Specs are frozen and reject unknown keys, so a typo in a YAML file or a `--set` is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Size = Literal["tiny", "smol", "7b", "13b", "33b", "65b"]
+StageName = Literal["tokenizer", "pretrain", "sft", "merge", "quantize", "eval", "generate"]
+PIPELINE_STAGES: tuple[StageName, ...] = ("tokenizer", "pretrain", "sft", "merge", "quantize", "eval")
+DISTRIBUTED_STAGES: frozenset[str] = frozenset({"pretrain", "sft"})
+
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+URI_SCHEMES = ("s3://", "file://", "run://", "store://", "embedded://")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+def _check_uri(value: str) -> str:
+    if not value.startswith(URI_SCHEMES):
+        raise ValueError(
+            f"{value!r} is not a URI; write s3://bucket/key, file:///abs/path, store://<key in the run's store>, "
+            "run://<run-id>/outputs/<name> or embedded://<name>"
+        )
+    return value
+
+
+class Resources(Spec):
+    """Compute for one run. On a cluster these become pod resources; locally only nproc_per_node matters."""
+
+    nodes: int = Field(1, ge=1)
+    """Pods (one per node) for distributed stages; single-pod stages always use 1."""
+    gpus_per_node: int = Field(0, ge=0)
+    """GPUs per pod (`nvidia.com/gpu`); 0 runs on CPU."""
+    nproc_per_node: int = Field(0, ge=0)
+    """Training processes per pod (torchrun --nproc_per_node); 0 means one per GPU, or 1 on CPU."""
+    cpu: str = "4"
+    """CPU request per pod (Kubernetes quantity)."""
+    memory: str = "16Gi"
+    """Memory request and limit per pod (Kubernetes quantity)."""
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+
+class StageSpec(Spec):
+    """Fields every stage has."""
+
+    stage: str
+    """Which stage this spec runs."""
+    run_id: str
+    """Run id: lowercase letters, digits and '-', at most 52 characters (it names Kubernetes objects)."""
+    size: Size = "smol"
+    """Size preset the defaults came from."""
+    store: str = "file://./artifacts"
+    """Root URI of the artifact store: file:///path (a directory) or s3://bucket/prefix."""
+    seed: int = 42
+    """Seed for every random number generator the stage uses."""
+    resources: Resources = Resources()
+    """Compute for this run."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_a_dns_label(cls, value: str) -> str:
+        if not RUN_ID_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
+                "start and end with a letter or digit, at most 52 characters"
+            )
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store_is_a_root_uri(cls, value: str) -> str:
+        if not value.startswith(("s3://", "file://")):
+            raise ValueError(f"{value!r}: the store must be file:///path or s3://bucket[/prefix]")
+        return value
+
+    def input_uris(self) -> dict[str, str | list[str]]:
+        """The inputs this run reads, by field name (recorded in every manifest)."""
+        found: dict[str, str | list[str]] = {}
+        for name in self.input_fields:
+            value = getattr(self, name)
+            if value:
+                found[name] = value
+        return found
+
+
+class TokenizerSpec(StageSpec):
+    """Train a Chinese SentencePiece model and merge it into the base vocabulary."""
+
+    stage: Literal["tokenizer"] = "tokenizer"
+    base_tokenizer: str = "embedded://smollm2-135m"
+    """The base tokenizer: a SentencePiece tokenizer.model, an HF tokenizer.json, an HF model dir or a GGUF file."""
+    corpus: list[str] = ["embedded://peoples-daily-train"]
+    """Chinese text to train on: txt or JSONL (`text`) files, or directories of them."""
+    chinese_sp_model: str | None = None
+    """A ready Chinese SentencePiece model to merge instead of training one on the corpus."""
+    heldout: list[str] = ["embedded://peoples-daily-heldout"]
+    """Held-out text for the report and the parity check; empty: the last `heldout_lines` lines of the corpus."""
+    heldout_lines: int = Field(3000, ge=1)
+    """Lines held out from the end of the corpus when `heldout` is empty."""
+    vocab_size: int = Field(20000, ge=100)
+    """Pieces in the Chinese SentencePiece model (the paper: 20000)."""
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    """SentencePiece algorithm for the Chinese model."""
+    character_coverage: float = Field(0.9995, gt=0, le=1)
+    """Share of corpus characters the Chinese model must cover."""
+    max_training_sentences: int = Field(2_000_000, ge=1)
+    """Cap on corpus lines sampled for SentencePiece training."""
+    pad_token: bool = True
+    """Append a pad token after the merged vocabulary (needed by SFT batching)."""
+    parity_lines: int | None = None
+    """Held-out lines checked for fast/SentencePiece id parity; None checks all of them."""
+    num_threads: int = Field(2, ge=1)
+    """Threads for SentencePiece training."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("base_tokenizer", "corpus", "chinese_sp_model", "heldout")
+    outputs: ClassVar[tuple[str, ...]] = ("tokenizer",)
+
+    @field_validator("base_tokenizer")
+    @classmethod
+    def _base_is_uri(cls, value: str) -> str:
+        return _check_uri(value)
+
+    @field_validator("corpus", "heldout")
+    @classmethod
+    def _uris(cls, values: list[str]) -> list[str]:
+        return [_check_uri(v) for v in values]
+
+    @model_validator(mode="after")
+    def _needs_text_or_model(self) -> TokenizerSpec:
+        if not self.corpus and not self.chinese_sp_model:
+            raise ValueError("set `corpus` (text to train on) or `chinese_sp_model` (a ready model)")
+        return self
+
+
+class LoraSpec(Spec):
+    """The LoRA adapter and the modules trained in full."""
+
+    r: int = Field(8, ge=1)
+    """LoRA rank (the paper: 8)."""
+    alpha: float = Field(32, gt=0)
+    """LoRA scaling numerator; the update is scaled by alpha / r (the paper: 32)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input (the paper: 0.05)."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """Linear layers that get a LoRA adapter (attention and MLP)."""
+    modules_to_save: list[str] = ["embed_tokens", "lm_head"]
+    """Modules trained in full and saved with the adapter (the resized embeddings and head)."""
+
+
+class TrainSpec(StageSpec):
+    """Continued pretraining (`pretrain`) or instruction tuning (`sft`) of a LoRA adapter."""
+
+    stage: Literal["pretrain", "sft"] = "pretrain"
+    base_model: str = "embedded://smollm2-135m"
+    """The base model: an HF directory (safetensors) or a GGUF file."""
+    base_adapters: list[str] = []
+    """Adapters merged into the base, in order, before training (SFT trains on base + pretraining LoRA)."""
+    tokenizer: str = "embedded://smollm2-135m"
+    """The extended tokenizer (the tokenizer stage's output)."""
+    data: list[str] = ["embedded://peoples-daily-train"]
+    """Training data: txt/JSONL text for pretrain; Alpaca, conversation or role/text JSONL for SFT."""
+    block_size: int = Field(512, ge=8)
+    """Tokens per training sequence (the paper: 512)."""
+    micro_batch_size: int = Field(1, ge=1)
+    """Sequences per process per forward pass."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches accumulated into one optimizer step."""
+    max_steps: int = Field(100, ge=1)
+    """Optimizer steps to train."""
+    lr: float = Field(2e-4, gt=0)
+    """Peak learning rate (the paper: 2e-4)."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Share of steps spent warming up linearly."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+    lora: LoraSpec = LoraSpec()
+    """The LoRA adapter."""
+    embedding_only_steps: int = Field(0, ge=0)
+    """First steps that train only embed_tokens/lm_head (the paper's stage 1 for 7B); 0 skips it."""
+    init_new_rows: Literal["subtoken_mean", "mean", "random"] = "subtoken_mean"
+    """How new embedding rows start: mean of the base rows of the piece's sub-tokens, mean of all rows, or random."""
+    pad_vocab_multiple: int = Field(1, ge=1)
+    """Pad the resized embeddings to a multiple of this (64 helps tensor cores)."""
+    bits: Literal[16, 8, 4] = 16
+    """Load the frozen base in 16 bits, 8 bits (LLM.int8) or 4 bits (NF4 + double quant, QLoRA); GPU only."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Compute precision; auto is bf16 on GPU and fp32 on CPU. fp16 uses dynamic loss scaling."""
+    zero_stage: Literal[0, 2, 3] = 2
+    """DeepSpeed ZeRO stage (the paper: 2); 0 trains without DeepSpeed."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    log_every: int = Field(10, ge=1)
+    """Steps between metric records."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Steps between checkpoints in the store."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept; older ones are deleted."""
+    packing: bool = False
+    """SFT: pack several examples into one block."""
+    skip_bad_records: bool = False
+    """SFT: count malformed records in the report instead of failing."""
+    tokenize_workers: int = Field(2, ge=1)
+    """Processes that tokenize the corpus."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("base_model", "base_adapters", "tokenizer", "data")
+    outputs: ClassVar[tuple[str, ...]] = ("adapter",)
+
+    @field_validator("base_model", "tokenizer")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_uri(value)
+
+    @field_validator("data", "base_adapters")
+    @classmethod
+    def _uris(cls, values: list[str]) -> list[str]:
+        return [_check_uri(v) for v in values]
+
+
+class MergeSpec(StageSpec):
+    """Merge LoRA adapters (in order) into the base, shard by shard."""
+
+    stage: Literal["merge"] = "merge"
+    base_model: str = "embedded://smollm2-135m"
+    """The base model: an HF directory (safetensors) or a GGUF file."""
+    adapters: list[str] = []
+    """Adapters applied in order (pretraining LoRA, then SFT LoRA)."""
+    tokenizer: str = "embedded://smollm2-135m"
+    """The extended tokenizer; its files are copied into the merged model."""
+    max_shard_size: str = "2GB"
+    """Largest safetensors shard written (e.g. 2GB, 500MB)."""
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Dtype of the merged weights."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("base_model", "adapters", "tokenizer")
+    outputs: ClassVar[tuple[str, ...]] = ("model",)
+
+
+class QuantizeSpec(StageSpec):
+    """Export the merged model to GGUF files for llama.cpp, with the perplexity table."""
+
+    stage: Literal["quantize"] = "quantize"
+    model: str = "embedded://smollm2-135m"
+    """The merged model (HF directory)."""
+    types: list[str] = ["F16", "Q8_0", "Q5_0", "Q4_0"]
+    """GGUF types to write: F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1, and K-quants where llama.cpp is available."""
+    heldout: list[str] = ["embedded://peoples-daily-heldout"]
+    """Held-out text for the per-character perplexity column."""
+    max_eval_chars: int = Field(20000, ge=100)
+    """Characters of held-out text scored per type."""
+    check_llama_cpp: bool = True
+    """Also load each file with llama.cpp when llama-cpp-python is installed."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("model", "heldout")
+    outputs: ClassVar[tuple[str, ...]] = ("gguf",)
+
+
+class EvalSpec(StageSpec):
+    """Per-character perplexity and multiple-choice exams (C-Eval / CMMLU layout)."""
+
+    stage: Literal["eval"] = "eval"
+    model: str = "embedded://smollm2-135m"
+    """The model: an HF directory, a base for `adapters`, or a GGUF artifact."""
+    adapters: list[str] = []
+    """Adapters applied in order on top of `model`, unmerged."""
+    tokenizer: str | None = None
+    """Tokenizer directory when it is not inside the model directory."""
+    gguf_file: str | None = None
+    """File name inside `model` to load as GGUF."""
+    heldout: list[str] = ["embedded://peoples-daily-heldout"]
+    """Held-out text for per-character perplexity."""
+    exams: list[str] = []
+    """Exam directories with dev/ and test/ CSVs (Question,A,B,C,D,Answer)."""
+    shots: list[int] = [0, 5]
+    """Few-shot settings to score."""
+    tasks: list[str] = []
+    """Held-out generation tasks: Alpaca JSONL whose `output` is the expected answer and `metric` says how to
+    score it (accuracy or segmentation_f1)."""
+    max_task_examples: int = Field(200, ge=1)
+    """Examples scored per task."""
+    sample_prompts: list[str] = []
+    """Instructions whose generations (the paper's decoding settings) go into the report."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Most tokens generated per task example or sample prompt."""
+    instruction_model: bool = False
+    """Wrap prompts in the Alpaca template (instruction-tuned models) instead of plain prompts."""
+    window: int = Field(512, ge=8)
+    """Tokens per perplexity window."""
+    stride: int = Field(256, ge=1)
+    """Tokens the perplexity window advances by."""
+    max_chars: int | None = 20000
+    """Cap on held-out characters scored; None scores everything."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("model", "adapters", "tokenizer", "heldout", "exams", "tasks")
+    outputs: ClassVar[tuple[str, ...]] = ("eval",)
+
+
+class GenerateSpec(StageSpec):
+    """Generate answers with the paper's decoding settings."""
+
+    stage: Literal["generate"] = "generate"
+    model: str = "embedded://smollm2-135m"
+    """The model: an HF directory, a base for `adapters`, or a GGUF artifact."""
+    adapters: list[str] = []
+    """Adapters applied in order on top of `model`, unmerged."""
+    tokenizer: str | None = None
+    """Tokenizer directory when it is not inside the model directory."""
+    gguf_file: str | None = None
+    """File name inside `model` to load as GGUF."""
+    prompts: list[str] = []
+    """Prompts to answer."""
+    prompts_file: str | None = None
+    """A file of prompts: one per line, or JSONL with `instruction`."""
+    instruction_model: bool = True
+    """Wrap prompts in the Alpaca template."""
+    temperature: float = Field(0.2, ge=0)
+    """Sampling temperature (the paper: 0.2)."""
+    top_k: int = Field(40, ge=0)
+    """Top-k sampling (the paper: 40)."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    """Nucleus sampling (the paper: 0.9)."""
+    repetition_penalty: float = Field(1.1, ge=1)
+    """Repetition penalty (the paper: 1.1)."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Most tokens generated per prompt (the paper: 512)."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("model", "adapters", "tokenizer", "prompts_file")
+    outputs: ClassVar[tuple[str, ...]] = ("generations",)
+
+
+class PipelineSpec(StageSpec):
+    """tokenizer -> pretrain -> sft -> merge -> quantize -> eval, each stage a run of its own."""
+
+    stage: Literal["pipeline"] = "pipeline"
+    stages: list[StageName] = list(PIPELINE_STAGES)
+    """Stages to run, in order."""
+    overrides: dict[str, dict[str, Any]] = {}
+    """Per-stage settings on top of the size preset, e.g. {"pretrain": {"max_steps": 10}}."""
+    report: bool = True
+    """Write the run report (report.md + figures) when the pipeline finishes."""
+
+    outputs: ClassVar[tuple[str, ...]] = ("report",)
+
+
+STAGE_SPECS: dict[str, type[StageSpec]] = {
+    "tokenizer": TokenizerSpec,
+    "pretrain": TrainSpec,
+    "sft": TrainSpec,
+    "merge": MergeSpec,
+    "quantize": QuantizeSpec,
+    "eval": EvalSpec,
+    "generate": GenerateSpec,
+    "pipeline": PipelineSpec,
+}

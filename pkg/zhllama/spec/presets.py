@@ -1,0 +1,151 @@
+"""Size presets: the paper's recipe lives in the spec defaults; a preset adds what changes with model size.
+
+`tiny` trains a 2-layer, 64-wide LLaMA in seconds (tests); `smol` is the embedded SmolLM2-135M sized for a
+2-core laptop (`make demo`); 7b-65b are cluster runs whose base weights the user uploads to the store first.
+Global batch for the cluster sizes follows the paper (about 1024 sequences of 512 tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY_DATA = {
+    "train": "embedded://peoples-daily-tiny",
+    "heldout": "embedded://peoples-daily-heldout-tiny",
+    "sft": "embedded://sft-train-tiny",
+}
+
+
+def _cluster(base: str, nodes: int, gpus: int, bits: int, micro: int, accum: int, memory: str) -> dict[str, Any]:
+    weights = f"store://models/{base}"
+    tokenizer = f"store://tokenizers/{base}-zh"
+    return {
+        "common": {"resources": {"nodes": nodes, "gpus_per_node": gpus, "cpu": "32", "memory": memory}},
+        "tokenizer": {
+            "base_tokenizer": weights,
+            "corpus": ["store://data/pretrain"],
+            "heldout": [],
+            "resources": {"nodes": 1, "gpus_per_node": 0, "cpu": "8"},
+        },
+        "pretrain": {
+            "base_model": weights,
+            "tokenizer": tokenizer,
+            "data": ["store://data/pretrain"],
+            "bits": bits,
+            "micro_batch_size": micro,
+            "grad_accum_steps": accum,
+            "max_steps": 6000,
+            "checkpoint_every": 200,
+            "log_every": 10,
+        },
+        "sft": {
+            "base_model": weights,
+            "tokenizer": tokenizer,
+            "data": ["store://data/sft"],
+            "bits": bits,
+            "micro_batch_size": micro,
+            "grad_accum_steps": accum,
+            "max_steps": 3000,
+            "checkpoint_every": 200,
+            "log_every": 10,
+        },
+        "merge": {
+            "base_model": weights,
+            "tokenizer": tokenizer,
+            "resources": {"nodes": 1, "gpus_per_node": 0, "cpu": "8"},
+        },
+        "quantize": {"resources": {"nodes": 1, "gpus_per_node": 0, "cpu": "16"}},
+        "eval": {"resources": {"nodes": 1, "gpus_per_node": 1, "cpu": "8"}},
+        "generate": {"resources": {"nodes": 1, "gpus_per_node": 1, "cpu": "8"}},
+    }
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "common": {"resources": {"nodes": 1, "gpus_per_node": 0, "nproc_per_node": 1, "cpu": "2", "memory": "4Gi"}},
+        "tokenizer": {
+            "base_tokenizer": "embedded://tiny-llama",
+            "corpus": [TINY_DATA["train"]],
+            "heldout": [TINY_DATA["heldout"]],
+            "vocab_size": 800,
+        },
+        "pretrain": {
+            "base_model": "embedded://tiny-llama",
+            "tokenizer": "embedded://tiny-llama",
+            "data": [TINY_DATA["train"]],
+            "block_size": 64,
+            "micro_batch_size": 4,
+            "max_steps": 8,
+            "zero_stage": 0,
+            "log_every": 1,
+            "checkpoint_every": 4,
+            "lr": 1e-3,
+        },
+        "sft": {
+            "base_model": "embedded://tiny-llama",
+            "tokenizer": "embedded://tiny-llama",
+            "data": [TINY_DATA["sft"]],
+            "block_size": 96,
+            "micro_batch_size": 4,
+            "max_steps": 6,
+            "zero_stage": 0,
+            "log_every": 1,
+            "checkpoint_every": 3,
+            "lr": 1e-3,
+        },
+        "merge": {"base_model": "embedded://tiny-llama", "max_shard_size": "2MB", "dtype": "float32"},
+        "quantize": {"types": ["F16", "Q8_0", "Q4_0"], "heldout": [TINY_DATA["heldout"]], "max_eval_chars": 2000},
+        "eval": {"heldout": [TINY_DATA["heldout"]], "window": 64, "stride": 32, "max_chars": 2000},
+        "generate": {"max_new_tokens": 16},
+    },
+    "smol": {
+        "common": {"resources": {"nodes": 1, "gpus_per_node": 0, "nproc_per_node": 1, "cpu": "2", "memory": "8Gi"}},
+        "tokenizer": {"vocab_size": 20000},
+        "pretrain": {
+            "block_size": 256,
+            "micro_batch_size": 4,
+            "grad_accum_steps": 1,
+            "max_steps": 120,
+            "zero_stage": 0,
+            "log_every": 5,
+            "checkpoint_every": 40,
+            "lr": 1e-3,
+        },
+        "sft": {
+            "data": ["embedded://sft-train"],
+            "block_size": 160,
+            "micro_batch_size": 8,
+            "max_steps": 80,
+            "zero_stage": 0,
+            "log_every": 5,
+            "checkpoint_every": 40,
+            "lr": 5e-4,
+        },
+        "merge": {"max_shard_size": "500MB", "dtype": "float32"},
+        "quantize": {"max_eval_chars": 20000},
+        "eval": {"max_chars": 20000},
+        "generate": {"max_new_tokens": 64},
+    },
+    "7b": _cluster("llama-7b", nodes=2, gpus=8, bits=16, micro=8, accum=8, memory="400Gi"),
+    "13b": _cluster("llama-13b", nodes=4, gpus=8, bits=16, micro=4, accum=8, memory="600Gi"),
+    "33b": _cluster("llama-33b", nodes=6, gpus=8, bits=8, micro=2, accum=11, memory="900Gi"),
+    "65b": _cluster("llama-65b", nodes=8, gpus=8, bits=4, micro=2, accum=8, memory="1200Gi"),
+}
+# The paper's 7B recipe trains the embeddings alone first, then LoRA + embeddings.
+PRESETS["7b"]["pretrain"]["embedding_only_steps"] = 500
+
+
+def preset_values(size: str, stage: str) -> dict[str, Any]:
+    """The preset's values for one stage: the size's common settings, then the stage's own."""
+    preset = PRESETS[size]
+    return deep_merge(preset.get("common", {}), preset.get(stage, {}))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,173 @@
+"""The artifact store: a directory or an S3 bucket, seen through one small interface.
+
+Backends implement a handful of object operations (`_put_file`, `_get_file`, ...). Everything about artifacts
+(manifest last, verification on read, safe local paths) is written once here on top of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from zhllama.errors import ArtifactError
+from zhllama.store.manifest import MANIFEST, build_manifest, list_files, manifest_bytes, sha256_file
+
+
+def safe_local_path(dest: Path, key: str) -> Path:
+    """`dest/key`, refusing keys that would land outside `dest` (absolute, `..`, drive letters, backslashes)."""
+    parts = PurePosixPath(key.replace("\\", "/")).parts
+    if not parts or key.startswith("/") or any(p in ("..", "") or ":" in p for p in parts):
+        raise ArtifactError(f"refusing to write {key!r}: the key points outside the destination directory")
+    root = dest.resolve()
+    target = root.joinpath(*parts).resolve()
+    if not target.is_relative_to(root):
+        raise ArtifactError(f"refusing to write {key!r}: it resolves outside {root}")
+    return target
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class ArtifactStore(ABC):
+    """Files under keys (POSIX-style paths relative to the store root)."""
+
+    root_uri: str
+
+    # --- object operations each backend provides -------------------------------------------------------------
+    @abstractmethod
+    def _put_file(self, local: Path, key: str, *, progress: bool = False) -> None: ...
+
+    @abstractmethod
+    def _get_file(self, key: str, local: Path, *, progress: bool = False) -> None: ...
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError if absent."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Replace the object atomically (readers see the old or the new bytes, never a mix)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix/`, sorted."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-prefixes of `prefix/` (like `ls`), sorted."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri.rstrip('/')}/{key}"
+
+    # --- small JSON documents (status, pipeline state) -------------------------------------------------------
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, value: Any) -> None:
+        self.write_bytes(key, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
+
+    # --- artifacts -------------------------------------------------------------------------------------------
+    def is_complete(self, key: str) -> bool:
+        return self.exists(join_key(key, MANIFEST))
+
+    def read_manifest(self, key: str) -> dict[str, Any]:
+        try:
+            manifest: dict[str, Any] = json.loads(self.read_bytes(join_key(key, MANIFEST)))
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{self.uri(key)} is incomplete: it has no {MANIFEST}, so the stage that writes it did not "
+                "finish; re-run that stage"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{self.uri(join_key(key, MANIFEST))} is not valid JSON ({err})") from None
+        return manifest
+
+    def publish_dir(
+        self,
+        local_dir: Path,
+        key: str,
+        *,
+        spec: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Upload `local_dir` as the artifact `key`: stale objects removed, files first, the manifest last."""
+        manifest = build_manifest(local_dir, spec=spec, inputs=inputs, extra=extra)
+        self.delete_prefix(key)
+        for rel in manifest["files"]:
+            self._put_file(local_dir / rel, join_key(key, rel), progress=progress)
+        self.write_bytes(join_key(key, MANIFEST), manifest_bytes(manifest))
+        return manifest
+
+    def fetch_dir(self, key: str, dest: Path | None = None, *, progress: bool = True) -> Path:
+        """A verified local copy of the artifact `key` (in `dest`, or a cache directory keyed by its manifest)."""
+        manifest = self.read_manifest(key)
+        files: dict[str, dict[str, Any]] = manifest.get("files", {})
+        if dest is None:
+            dest = local_cache_dir() / sha256_bytes(manifest_bytes(manifest))
+            if dest.is_dir() and (dest / MANIFEST).exists():
+                return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest))
+        try:
+            for rel, meta in files.items():
+                target = safe_local_path(staging, rel)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._get_file(join_key(key, rel), target, progress=progress)
+                check_file(target, meta, self.uri(join_key(key, rel)))
+            for rel in files:
+                final = safe_local_path(dest, rel)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(safe_local_path(staging, rel), final)
+            (dest / MANIFEST).write_bytes(manifest_bytes(manifest))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
+    def verify(self, key: str) -> dict[str, Any]:
+        """Check an artifact in place (the directory store reads files without copying them)."""
+        manifest = self.read_manifest(key)
+        for rel, meta in manifest.get("files", {}).items():
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "f"
+                self._get_file(join_key(key, rel), local)
+                check_file(local, meta, self.uri(join_key(key, rel)))
+        return manifest
+
+
+def check_file(path: Path, meta: dict[str, Any], uri: str) -> None:
+    if not path.exists():
+        raise ArtifactError(f"{uri} is listed in the manifest but missing; re-run the stage that wrote it")
+    size = path.stat().st_size
+    if size != meta["size"]:
+        raise ArtifactError(f"{uri} is corrupt: {size} bytes, the manifest says {meta['size']}; re-run its stage")
+    if sha256_file(path) != meta["sha256"]:
+        raise ArtifactError(f"{uri} is corrupt: its sha256 differs from the manifest; re-run its stage")
+
+
+def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def local_cache_dir() -> Path:
+    root = Path(os.environ.get("ZHLLAMA_CACHE", Path.home() / ".cache" / "zhllama")) / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+__all__ = ["ArtifactStore", "check_file", "join_key", "list_files", "safe_local_path"]

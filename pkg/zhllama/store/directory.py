@@ -1,0 +1,104 @@
+"""The embedded default store: a directory (`file:///path`, default ./artifacts)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from zhllama.store.base import ArtifactStore, check_file, join_key, safe_local_path
+from zhllama.store.manifest import MANIFEST, build_manifest, manifest_bytes
+
+
+class DirStore(ArtifactStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root_uri = f"file://{self.root}"
+
+    def path(self, key: str) -> Path:
+        return safe_local_path(self.root, key) if key else self.root
+
+    def _put_file(self, local: Path, key: str, *, progress: bool = False) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, target)
+
+    def _get_file(self, key: str, local: Path, *, progress: bool = False) -> None:
+        source = self.path(key)
+        if not source.is_file():
+            raise FileNotFoundError(str(source))
+        shutil.copyfile(source, local)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(join_key(prefix, p.relative_to(base).as_posix()) for p in base.rglob("*") if p.is_file())
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def delete_prefix(self, prefix: str) -> None:
+        target = self.path(prefix)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+    def publish_dir(
+        self,
+        local_dir: Path,
+        key: str,
+        *,
+        spec: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Copy into a hidden sibling, write the manifest, then rename into place: readers never see a half."""
+        manifest = build_manifest(local_dir, spec=spec, inputs=inputs, extra=extra)
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            for rel in manifest["files"]:
+                dest = safe_local_path(staging, rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local_dir / rel, dest)
+            (staging / MANIFEST).write_bytes(manifest_bytes(manifest))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest
+
+    def fetch_dir(self, key: str, dest: Path | None = None, *, progress: bool = True) -> Path:
+        """Verify in place and return the directory itself: a local store needs no copy."""
+        if dest is not None:
+            return super().fetch_dir(key, dest, progress=progress)
+        manifest = self.read_manifest(key)
+        for rel, meta in manifest.get("files", {}).items():
+            check_file(self.path(join_key(key, rel)), meta, self.uri(join_key(key, rel)))
+        return self.path(key)

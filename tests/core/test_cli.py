@@ -1,0 +1,74 @@
+"""`ctl` as a user types it: the installed console script in a subprocess."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.core.test_local_backend import JOB
+
+CTL = shutil.which("ctl") or str(Path(sys.executable).parent / "ctl")
+
+
+def ctl(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CTL, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=120
+    )
+
+
+def test_dry_run_prints_the_resolved_spec() -> None:
+    done = ctl(
+        "run",
+        "pretrain",
+        "--local",
+        "--size",
+        "tiny",
+        "--set",
+        "lora.r=4",
+        "--bits",
+        "16",
+        "--run-id",
+        "dry",
+        "--dry-run",
+    )
+    assert done.returncode == 0, done.stderr
+    spec = yaml.safe_load(done.stdout)
+    assert spec["run_id"] == "dry" and spec["lora"]["r"] == 4 and spec["lora"]["alpha"] == 32
+    assert spec["store"] == "file://./artifacts"
+
+
+def test_bad_flags_give_every_problem_and_exit_2() -> None:
+    done = ctl("run", "sft", "--size", "tiny", "--set", "lora.r=0", "--set", "warmup_ratio=2", "--dry-run")
+    assert done.returncode == 2
+    assert "lora.r: Input should be greater than or equal to 1 (got 0)" in done.stderr
+    assert "warmup_ratio: Input should be less than 1 (got 2)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_status_logs_ls_pull(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "tokenizer.py").write_text(JOB)
+    env = {"ZHLLAMA_JOBS_DIR": str(jobs), "ZHLLAMA_STORE": f"file://{tmp_path / 'store'}"}
+    done = ctl("run", "tokenizer", "--local", "--size", "tiny", "--run-id", "cli-run", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "working on cli-run" in done.stdout and "Succeeded" in done.stdout
+    assert "Succeeded" in ctl("status", "cli-run", env=env).stdout
+    assert "done" in ctl("logs", "cli-run", env=env).stdout
+    assert "cli-run" in ctl("ls", env=env).stdout
+    pulled = ctl("pull", "cli-run", str(tmp_path / "out"), env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "out" / "tokenizer" / "tokenizer.json").read_text() == "{}"
+    missing = ctl("status", "no-such-run", env=env)
+    assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "pretrain", "merge", "eval"])
+def test_explain_documents_every_field(stage: str) -> None:
+    done = ctl("explain", stage)
+    assert done.returncode == 0
+    assert "run_id" in done.stdout and "Root URI of the artifact store" in done.stdout

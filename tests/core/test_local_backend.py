@@ -1,0 +1,117 @@
+"""LocalBackend with real subprocesses: a stand-in job entrypoint that succeeds, fails, or runs until stopped."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from zhllama.backends.local import LocalBackend
+from zhllama.errors import UserError
+from zhllama.spec import resolve_spec
+
+JOB = """
+import os, time
+from zhllama.errors import UserError
+from zhllama.runs import job_main
+
+def stage(ctx):
+    mode = os.environ.get("TEST_JOB_MODE", "ok")
+    print(f"working on {ctx.run_id}", flush=True)
+    if mode == "sleep":
+        time.sleep(120)
+    if mode == "fail":
+        raise UserError("corpus.txt:3: not UTF-8; convert the file to UTF-8")
+    out = ctx.output_dir("tokenizer")
+    (out / "tokenizer.json").write_text("{}")
+    ctx.publish("tokenizer")
+    print("done", flush=True)
+
+job_main("tokenizer", stage)
+"""
+
+
+@pytest.fixture
+def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalBackend:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "tokenizer.py").write_text(JOB)
+    monkeypatch.setenv("ZHLLAMA_JOBS_DIR", str(jobs))
+    return LocalBackend(f"file://{tmp_path / 'store'}")
+
+
+def spec(backend: LocalBackend, run_id: str, **values: object):  # type: ignore[no-untyped-def]
+    return resolve_spec("tokenizer", size="tiny", run_id=run_id, values={"store": backend.store.root_uri, **values})
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_run_succeeds_publishes_and_keeps_its_log(backend: LocalBackend) -> None:
+    s = spec(backend, "ok-run")
+    backend.submit(s)
+    lines = list(backend.logs("ok-run", follow=True))
+    assert "working on ok-run" in lines and "done" in lines
+    final = backend.wait("ok-run")
+    assert final.state == "Succeeded", final
+    assert backend.store.is_complete("runs/ok-run/outputs/tokenizer")
+    assert backend.store.read_json("runs/ok-run/spec.json") == s.model_dump(mode="json")
+    assert b"done" in backend.store.read_bytes("runs/ok-run/logs/job.log")
+    assert [r.run_id for r in backend.list_runs()] == ["ok-run"]
+
+
+def test_submitting_the_same_spec_again_attaches(backend: LocalBackend) -> None:
+    s = spec(backend, "again")
+    backend.submit(s)
+    backend.wait("again")
+    pid = json.loads((backend.state_dir / "again" / "process.json").read_text())["pid"]
+    assert backend.submit(s).state == "Succeeded"
+    assert json.loads((backend.state_dir / "again" / "process.json").read_text())["pid"] == pid
+
+
+def test_a_different_spec_under_the_same_id_needs_force(backend: LocalBackend) -> None:
+    backend.submit(spec(backend, "same-id"))
+    backend.wait("same-id")
+    changed = spec(backend, "same-id", vocab_size=900)
+    with pytest.raises(UserError, match=r"different spec \(changed: vocab_size\)"):
+        backend.submit(changed)
+    backend.submit(changed, force=True)
+    assert backend.wait("same-id").state == "Succeeded"
+    manifest = backend.store.read_manifest("runs/same-id/outputs/tokenizer")
+    assert manifest["spec"]["vocab_size"] == 900
+
+
+def test_a_user_error_fails_the_run_with_its_reason(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_JOB_MODE", "fail")
+    backend.submit(spec(backend, "bad-input"))
+    final = backend.wait("bad-input")
+    assert (final.state, final.reason) == ("Failed", "InvalidInput")
+    assert final.message == "corpus.txt:3: not UTF-8; convert the file to UTF-8"
+    assert not backend.store.is_complete("runs/bad-input/outputs/tokenizer")
+
+
+def test_cancel_stops_the_process_group(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_JOB_MODE", "sleep")
+    backend.submit(spec(backend, "long"))
+    wait_for(lambda: backend.status("long").state == "Running")
+    final = backend.cancel("long")
+    assert final.state == "Cancelled"
+    assert not backend._alive("long")
+
+
+def test_a_killed_run_is_reported_failed_not_running(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_JOB_MODE", "sleep")
+    backend.submit(spec(backend, "killed"))
+    wait_for(lambda: backend.status("killed").state == "Running")
+    pid = json.loads((backend.state_dir / "killed" / "process.json").read_text())["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not backend._alive("killed"))
+    final = backend.status("killed")
+    assert (final.state, final.reason) == ("Failed", "Killed")
+    assert "resume" in final.message
