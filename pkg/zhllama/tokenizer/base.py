@@ -1,0 +1,170 @@
+"""Recognise and load the base tokenizer: a SentencePiece model or a byte-level BPE (tokenizer.json or GGUF)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf.message import DecodeError
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from zhllama.errors import UserError
+from zhllama.tokenizer.proto import ModelProto, sp_pb2
+
+BaseKind = Literal["sentencepiece", "bytelevel_bpe"]
+GGUF_MAGIC = b"GGUF"
+
+# llama.cpp's `tokenizer.ggml.pre` names mapped to the HF pre-tokenizers those models ship in tokenizer.json.
+GGUF_PRE_TOKENIZERS: dict[str, list[pre_tokenizers.PreTokenizer]] = {
+    "smollm": [
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ],
+    "gpt-2": [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)],
+    "default": [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)],
+}
+GGUF_CONTROL_TOKEN_TYPE = 3
+
+
+@dataclass(frozen=True)
+class BaseTokenizer:
+    """The base vocabulary to extend: exactly one of `sp_model` (SentencePiece) or `fast` (byte-level BPE) is set."""
+
+    kind: BaseKind
+    source: Path
+    sp_model: ModelProto | None = None
+    fast: Tokenizer | None = None
+    """For byte-level BPE bases: the tokenizer as `tokenizers` runs it."""
+    config: dict[str, Any] | None = None
+    """tokenizer_config.json of an HF directory base (chat template, special tokens), if there is one."""
+
+    @property
+    def vocab_size(self) -> int:
+        if self.sp_model is not None:
+            return len(self.sp_model.pieces)
+        assert self.fast is not None
+        return self.fast.get_vocab_size(with_added_tokens=True)
+
+
+def _resolve_file(path: Path) -> Path:
+    """An HF model directory names its tokenizer by convention; prefer SentencePiece, as HF's slow tokenizer did."""
+    if not path.exists():
+        raise UserError(f"base tokenizer {path}: no such file or directory; give a tokenizer.model, tokenizer.json, "
+                        "HF model directory or GGUF file")
+    if not path.is_dir():
+        return path
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (path / name).is_file():
+            return path / name
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs:
+        return ggufs[0]
+    raise UserError(f"base tokenizer {path}: directory has no tokenizer.model, tokenizer.json or *.gguf; "
+                    "point base_tokenizer at the tokenizer file itself")
+
+
+def load_base_tokenizer_kind(path: Path) -> BaseKind:
+    """Which kind of base tokenizer `path` holds (file, HF directory or GGUF), without building it."""
+    return load_base_tokenizer(path).kind
+
+
+def load_base_tokenizer(path: Path) -> BaseTokenizer:
+    file = _resolve_file(Path(path))
+    config = _read_config(file.parent) if Path(path).is_dir() else None
+    with file.open("rb") as handle:
+        head = handle.read(4)
+    if head == GGUF_MAGIC:
+        fast, gguf_config = _tokenizer_from_gguf(file)
+        return BaseTokenizer("bytelevel_bpe", file, fast=fast, config=gguf_config)
+    if file.suffix == ".json" or head.lstrip()[:1] == b"{":
+        return _load_tokenizer_json(file, config)
+    return BaseTokenizer("sentencepiece", file, sp_model=_load_sentencepiece(file), config=config)
+
+
+def _read_config(directory: Path) -> dict[str, Any] | None:
+    config_file = directory / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    loaded: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    return loaded
+
+
+def _load_sentencepiece(file: Path) -> ModelProto:
+    proto = sp_pb2.ModelProto()
+    try:
+        proto.ParseFromString(file.read_bytes())
+    except DecodeError as error:
+        raise UserError(f"base tokenizer {file}: not a SentencePiece model, tokenizer.json or GGUF file ({error}); "
+                        "give a LLaMA-style tokenizer.model or a byte-level BPE tokenizer.json") from error
+    if not proto.pieces:
+        raise UserError(f"base tokenizer {file}: not a SentencePiece model (no pieces); "
+                        "give a LLaMA-style tokenizer.model or a byte-level BPE tokenizer.json")
+    if proto.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
+        kind = sp_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
+        raise UserError(f"base tokenizer {file}: SentencePiece {kind} model; only BPE bases (LLaMA-1/2 kind) "
+                        "can be extended with appended pieces")
+    return proto
+
+
+def _load_tokenizer_json(file: Path, config: dict[str, Any] | None) -> BaseTokenizer:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        fast = Tokenizer.from_str(json.dumps(data))
+    except Exception as error:  # tokenizers raises plain Exception for a malformed file
+        raise UserError(f"base tokenizer {file}: not a loadable HF tokenizer.json ({error}); "
+                        "give a tokenizer.json saved by `tokenizers`") from error
+    model = data.get("model", {})
+    if model.get("type") != "BPE" or not _uses_byte_level(data):
+        raise UserError(f"base tokenizer {file}: a {model.get('type')} tokenizer.json without byte-level "
+                        "pre-tokenization; supported are byte-level BPE (LLaMA-3/SmolLM kind) and SentencePiece "
+                        "tokenizer.model (LLaMA-1/2 kind)")
+    return BaseTokenizer("bytelevel_bpe", file, fast=fast, config=config)
+
+
+def _uses_byte_level(data: dict[str, Any]) -> bool:
+    def byte_level(component: dict[str, Any] | None) -> bool:
+        if not component:
+            return False
+        if component.get("type") == "ByteLevel":
+            return True
+        return any(byte_level(child) for child in component.get("pretokenizers", []))
+
+    return byte_level(data.get("pre_tokenizer"))
+
+
+def _tokenizer_from_gguf(file: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """The tokenizer a GGUF file embeds, and the special tokens and chat template for tokenizer_config.json."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(file)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None else field.contents()
+
+    model_name, pre = value("tokenizer.ggml.model"), value("tokenizer.ggml.pre") or "default"
+    if model_name != "gpt2" or pre not in GGUF_PRE_TOKENIZERS:
+        raise UserError(f"base tokenizer {file}: GGUF tokenizer model={model_name!r} pre={pre!r} is not supported; "
+                        f"supported: model 'gpt2' with pre in {sorted(GGUF_PRE_TOKENIZERS)}, or give its "
+                        "tokenizer.json / tokenizer.model instead")
+    tokens: list[str] = value("tokenizer.ggml.tokens")
+    token_types: list[int] = value("tokenizer.ggml.token_type")
+    merges = [tuple(merge.split(" ", 1)) for merge in value("tokenizer.ggml.merges")]
+    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                                     ignore_merges=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(GGUF_PRE_TOKENIZERS[pre])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t, kind in zip(tokens, token_types, strict=True)
+                                  if kind == GGUF_CONTROL_TOKEN_TYPE])
+    config: dict[str, Any] = {}
+    for role in ("bos", "eos", "unknown", "padding"):
+        token_id = value(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None:
+            config[f"{role.replace('unknown', 'unk').replace('padding', 'pad')}_token"] = tokens[token_id]
+    if value("tokenizer.chat_template"):
+        config["chat_template"] = value("tokenizer.chat_template")
+    return tokenizer, config

@@ -1,0 +1,79 @@
+"""Prove the written tokenizer directory behaves as intended, as `transformers.AutoTokenizer` loads it.
+
+SentencePiece bases: tokenizer.json must give exactly SentencePiece's ids. Byte-level BPE bases: text without
+Chinese must get exactly the base's ids, and held-out text must decode back to itself.
+"""
+
+from __future__ import annotations
+
+import pydoc_data.topics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
+from zhllama.tokenizer.bpe_extend import is_chinese_char
+from zhllama.tokenizer.tokens import encode_lines
+
+MAX_EXAMPLES = 3
+
+
+@dataclass
+class ParityCheck:
+    name: str
+    checked: int = 0
+    matched: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.matched == self.checked
+
+    def record(self, text: str, expected: Any, got: Any) -> None:
+        self.checked += 1
+        if expected == got:
+            self.matched += 1
+        elif len(self.examples) < MAX_EXAMPLES:
+            self.examples.append({"text": text[:200], "expected": expected, "got": got})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def load_hf_tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def english_sample() -> list[str]:
+    """English text every Python ships: the documentation topics of `pydoc`, one paragraph a line."""
+    return [block.strip() for topic in pydoc_data.topics.topics.values() for block in topic.split("\n\n")
+            if block.strip()]
+
+
+def sentencepiece_parity(sp: spm.SentencePieceProcessor, hf_tokenizer: Any, lines: Sequence[str]) -> ParityCheck:
+    check = ParityCheck("tokenizer.json ids == SentencePiece ids")
+    for text, expected, got in zip(lines, sp.encode(list(lines)), encode_lines(hf_tokenizer, lines), strict=True):
+        check.record(text, expected, got)
+    return check
+
+
+def base_identity(base: Tokenizer, hf_tokenizer: Any, lines: Sequence[str]) -> ParityCheck:
+    """Ids on text without Chinese characters must be the base's, token for token."""
+    sample = [line for line in lines if not any(is_chinese_char(c) for c in line)]
+    check = ParityCheck("ids == base ids on text without Chinese")
+    for text, expected, got in zip(sample, encode_lines(base, sample), encode_lines(hf_tokenizer, sample),
+                                   strict=True):
+        check.record(text, expected, got)
+    return check
+
+
+def round_trip(hf_tokenizer: Any, lines: Sequence[str]) -> ParityCheck:
+    check = ParityCheck("decode(encode(text)) == text")
+    for text, ids in zip(lines, encode_lines(hf_tokenizer, lines), strict=True):
+        check.record(text, text, hf_tokenizer.decode(ids))
+    return check
