@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "base_tokenizer": "embedded://tiny-llama",
             "corpus": [TINY_DATA["train"]],
             "heldout": [TINY_DATA["heldout"]],
-            "vocab_size": 800,
+            "vocab_size": 4000,
         },
         "pretrain": {
             "base_model": "embedded://tiny-llama",
