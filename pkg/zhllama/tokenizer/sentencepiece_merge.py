@@ -51,7 +51,14 @@ def train_chinese_sentencepiece(train_file: Path, model_prefix: Path, *, corpus_
         last = text.splitlines()[-1] if text else repr(error)
         raise UserError(f"corpus {corpus_label}: training the Chinese SentencePiece model failed ({last}); "
                         "check the corpus and vocab_size") from error
-    return model_prefix.with_suffix(".model")
+    model_file = model_prefix.with_suffix(".model")
+    # SentencePiece records the scratch paths it trained from; drop them so the same corpus gives the same bytes
+    # wherever the run's scratch directory is (a directory store, S3, another machine).
+    proto = load_sentencepiece(model_file)
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = ""
+    model_file.write_bytes(proto.SerializeToString())
+    return model_file
 
 
 def load_sentencepiece(file: Path) -> ModelProto:
