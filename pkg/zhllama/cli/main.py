@@ -369,7 +369,7 @@ def explain(stage: str) -> None:
 @store_option
 @user_errors
 def chat(model: str, adapters: tuple[str, ...], tokenizer: str | None, gguf_file: str | None, store: str) -> None:
-    """Chat with a model locally (multi-turn Human:/Assistant: template, the paper's decoding settings)."""
+    """Chat with a model locally (Human:/Assistant: context inside the Alpaca prompt; the paper's decoding)."""
     from zhllama.eval.generation import chat_loop
 
     spec = resolve_spec(

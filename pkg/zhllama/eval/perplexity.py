@@ -1,0 +1,156 @@
+"""Per-character perplexity with a sliding window.
+
+Perplexity per token depends on the tokenizer: the extended Chinese vocabulary halves the tokens per character,
+so per-token numbers of the base and the extended model cannot be compared. The total negative log-likelihood of
+a text does not depend on how it is cut, so exp(total NLL / characters) compares models with any tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from zhllama.errors import UserError
+from zhllama.eval.loading import model_device
+from zhllama.eval.scoring import encode
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+Progress = Callable[[Iterable[str]], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    documents: int
+    characters: int
+    tokens: int
+    nll: float
+    """Summed negative log-likelihood (nats) of every scored token."""
+
+    @property
+    def per_char(self) -> float:
+        return math.exp(self.nll / self.characters)
+
+    @property
+    def per_token(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def tokens_per_char(self) -> float:
+        return self.tokens / self.characters
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            **asdict(self),
+            "ppl_per_char": self.per_char,
+            "ppl_per_token": self.per_token,
+            "tokens_per_char": self.tokens_per_char,
+        }
+
+
+def read_documents(path: Path, max_chars: int | None = None) -> list[str]:
+    """Documents from a .txt file (one per non-empty line), a .jsonl file (`text`), or a directory of them.
+
+    With `max_chars`, documents are taken in order until their characters reach it (the last one is cut).
+    """
+    files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"{path}: no .txt or .jsonl files in the held-out directory")
+    documents: list[str] = []
+    budget = max_chars if max_chars is not None else math.inf
+    for file in files:
+        for text in _file_documents(file):
+            if budget <= 0:
+                return documents
+            text = text[: int(min(len(text), budget))]
+            documents.append(text)
+            budget -= len(text)
+    if not documents:
+        raise UserError(f"{path}: the held-out text is empty")
+    return documents
+
+
+def _file_documents(file: Path) -> Iterable[str]:
+    if file.suffix not in TEXT_SUFFIXES:
+        raise UserError(f"{file}: held-out text must be .txt (one document per line) or .jsonl (`text`)")
+    with file.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            if file.suffix == ".txt":
+                yield line.rstrip("\n")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{file}:{number}: not valid JSON ({error.msg}); write one object per line") from error
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f"{file}:{number}: each JSONL line needs a string field `text`")
+            yield record["text"]
+
+
+def document_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a document, starting with a start token so that its first real token is scored too.
+
+    Tokenizers that add no BOS (byte-level BPE like SmolLM2's) get their BOS or EOS token prepended: otherwise
+    the first token of every document would go unscored and the per-character number would favour them.
+    """
+    ids = encode(tokenizer, text)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is not None and (not ids or ids[0] != start):
+        ids = [start, *ids]
+    return ids
+
+
+@torch.no_grad()
+def document_nll(model: torch.nn.Module, ids: list[int], window: int, stride: int) -> tuple[float, int]:
+    """(summed NLL, scored tokens) of one token sequence, window by window.
+
+    The first window scores all its tokens; each later window starts `stride` tokens further and scores only
+    the tokens no earlier window scored, each seeing up to `window - 1` tokens of context.
+    """
+    if not 0 < stride < window:
+        raise UserError(f"stride {stride} must be between 1 and window {window} - 1 so that windows overlap")
+    if len(ids) < 2:
+        return 0.0, 0
+    device = model_device(model)
+    total, scored, scored_until, begin = 0.0, 0, 1, 0
+    while True:
+        end = min(begin + window, len(ids))
+        inputs = torch.tensor([ids[begin:end]], device=device)
+        logprobs = torch.log_softmax(model(inputs).logits[0, :-1].float(), dim=-1)
+        token_nll = -logprobs.gather(1, inputs[0, 1:, None])[:, 0]
+        # token_nll[i] is the NLL of token begin + 1 + i
+        new = token_nll[scored_until - begin - 1 :]
+        total += new.sum().item()
+        scored += new.numel()
+        scored_until = end
+        if end >= len(ids):
+            return total, scored
+        begin += stride
+
+
+def per_char_perplexity(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    documents: list[str],
+    window: int,
+    stride: int,
+    progress: Progress = lambda items: items,
+) -> PerplexityResult:
+    """Perplexity of `documents` per character: exp(summed token NLL / characters)."""
+    nll, tokens, characters = 0.0, 0, 0
+    for text in progress(documents):
+        document_nll_sum, scored = document_nll(model, document_ids(tokenizer, text), window, stride)
+        nll += document_nll_sum
+        tokens += scored
+        characters += len(text)
+    if characters == 0 or tokens == 0:
+        raise UserError("the held-out text has no characters to score")
+    return PerplexityResult(documents=len(documents), characters=characters, tokens=tokens, nll=nll)

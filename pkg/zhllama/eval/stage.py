@@ -1,0 +1,83 @@
+"""The eval and generate stages: inputs from the run context, the plain functions, outputs published."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from functools import partial
+from typing import TYPE_CHECKING, cast
+
+import torch
+
+from zhllama.errors import UserError
+from zhllama.eval.exams import read_exam_dir, score_subject
+from zhllama.eval.generation import decoding_settings, generate, read_prompts
+from zhllama.eval.loading import context_length, load_spec_model
+from zhllama.eval.perplexity import per_char_perplexity, read_documents
+from zhllama.eval.report import EvalReport, ExamResult, write_report
+from zhllama.prompts import alpaca_prompt
+from zhllama.spec.models import EvalSpec, GenerateSpec
+
+if TYPE_CHECKING:
+    from zhllama.runs import RunContext
+
+
+def run_eval(ctx: RunContext) -> None:
+    """Per-character perplexity on the held-out text and accuracy on each exam, for every shot count."""
+    spec = cast(EvalSpec, ctx.spec)
+    if spec.stride >= spec.window:
+        raise UserError(f"eval: stride {spec.stride} must be smaller than window {spec.window}")
+    # Read every input before loading the model, so that a bad CSV fails in seconds, not after the load.
+    heldout = {uri: read_documents(ctx.input(uri), spec.max_chars) for uri in spec.heldout}
+    exams = {uri: read_exam_dir(ctx.input(uri)) for uri in spec.exams}
+    model, tokenizer = load_spec_model(ctx, spec)
+    window = min(spec.window, context_length(model))
+    if spec.stride >= window:
+        raise UserError(f"eval: stride {spec.stride} must be smaller than the model's context ({window} tokens)")
+
+    report = EvalReport(spec.model, list(spec.adapters), spec.instruction_model, window, spec.stride)
+    for uri, documents in heldout.items():
+        report.perplexity[uri] = per_char_perplexity(
+            model, tokenizer, documents, window, spec.stride, progress=partial(ctx.progress, desc=uri)
+        )
+    for uri, subjects in exams.items():
+        for shots in spec.shots:
+            scores = [
+                score_subject(
+                    model,
+                    tokenizer,
+                    subject,
+                    shots,
+                    spec.instruction_model,
+                    progress=partial(ctx.progress, desc=f"{subject.name} {shots}-shot"),
+                )
+                for subject in subjects
+            ]
+            report.exams.append(ExamResult(uri, shots, scores))
+    write_report(report, ctx.output_dir("eval"))
+    ctx.publish("eval")
+
+
+def run_generate(ctx: RunContext) -> None:
+    """Answer each prompt with the paper's decoding settings, streaming to stdout, into generations.jsonl."""
+    spec = cast(GenerateSpec, ctx.spec)
+    prompts = [(prompt, "") for prompt in spec.prompts]
+    if spec.prompts_file:
+        prompts += read_prompts(ctx.input(spec.prompts_file))
+    if not prompts:
+        raise UserError("generate: no prompts; set `prompts` or `prompts_file`")
+    model, tokenizer = load_spec_model(ctx, spec)
+    settings = decoding_settings(spec)
+    torch.manual_seed(spec.seed)
+    out_dir = ctx.output_dir("generations")
+    with (out_dir / "generations.jsonl").open("w", encoding="utf-8") as records:
+        for number, (instruction, extra) in enumerate(prompts, start=1):
+            plain = f"{instruction}\n{extra}" if extra else instruction
+            prompt = alpaca_prompt(instruction, extra) if spec.instruction_model else plain
+            sys.stdout.write(f"\n[{number}/{len(prompts)}] {instruction}\n")
+            output = generate(model, tokenizer, prompt, settings, out=sys.stdout)
+            record = {"instruction": instruction, "input": extra, "prompt": prompt, "output": output}
+            records.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (out_dir / "generation_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
+    ctx.publish("generations")
