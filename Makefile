@@ -6,11 +6,11 @@ STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 
-GIT_VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REGISTRY    ?= ghcr.io/zhllama
 DEMO_RUN    ?= demo
 
-.PHONY: setup test test-fast lint demo bench images clean
+.PHONY: setup test test-fast lint demo bench images chart-presets clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,15 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/merge.py
 	$(BIN)/python bench/quantize.py
+
+# Images are built from the git version; a container engine is needed (none runs on the dev VMs).
+images:
+	docker build -f images/train.Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/zhllama-train:$(VERSION) .
+	docker build -f images/tools.Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/zhllama-tools:$(VERSION) .
+
+# The chart carries the resolved presets so `helm install` renders what `ctl submit` does; a test checks the copy.
+chart-presets: setup
+	$(BIN)/ctl chart-presets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

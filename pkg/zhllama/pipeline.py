@@ -44,7 +44,8 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
         "merge": [("merge", {"base_model": base_model, "adapters": [pt_adapter, sft_adapter], "tokenizer": tokenizer})],
         "quantize": [("quantize", {"model": output("merge", "model")})],
         "eval": [
-            ("eval-base", {"model": base_model, "instruction_model": False}),
+            # The same prompt as eval-sft, so the task scores compare the models and not the prompts.
+            ("eval-base", {"model": base_model, "instruction_model": True}),
             (
                 "eval-pretrain",
                 {"model": base_model, "adapters": [pt_adapter], "tokenizer": tokenizer, "instruction_model": False},

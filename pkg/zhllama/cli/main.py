@@ -61,7 +61,7 @@ def spec_options(func: F) -> F:
             help="Override a spec field (dotted keys, YAML values); repeatable.",
         ),
         click.option("--bits", type=click.Choice(["16", "8", "4"]), help="Load the base in 16, 8 or 4 bits."),
-        click.option("--gpus", type=int, help="GPUs per node."),
+        click.option("--gpus", type=int, help="Total GPUs (filled into whole nodes: 48 = 6 pods x 8)."),
         click.option("--run-id", help="Run id (default: <stage>-<time>-<random>)."),
         click.option(
             "--store", envvar="ZHLLAMA_STORE", help=f"Store root URI [env ZHLLAMA_STORE; default {DEFAULT_STORE}]."
@@ -89,12 +89,28 @@ def build_spec(
         flags.append(f"{'overrides.pretrain.bits' if stage == 'pipeline' else 'bits'}={bits}")
         if stage == "pipeline":
             flags.append(f"overrides.sft.bits={bits}")
-    if gpus is not None:
-        flags.append(f"resources.gpus_per_node={gpus}")
     values = {"store": store} if store else None
     if values is None and not any(s.startswith("store=") for s in flags):
         values = {"store": DEFAULT_STORE}
-    return resolve_spec(stage, size=size, file=spec_file, sets=flags, values=values, run_id=run_id)
+    spec = resolve_spec(stage, size=size, file=spec_file, sets=flags, values=values, run_id=run_id)
+    if gpus is None:
+        return spec
+    flags += gpu_layout(gpus, spec.resources.gpus_per_node)
+    return resolve_spec(stage, size=size, file=spec_file, sets=flags, values=values, run_id=spec.run_id)
+
+
+def gpu_layout(total: int, per_node: int) -> list[str]:
+    """`--gpus N` is the total: N <= one node's GPUs gives one pod, more fills whole nodes (48 = 6 pods x 8)."""
+    if total <= 0:
+        raise UserError(f"--gpus {total}: give a positive number of GPUs")
+    if per_node == 0 or total <= per_node:
+        return ["resources.nodes=1", f"resources.gpus_per_node={total}"]
+    if total % per_node:
+        raise UserError(
+            f"--gpus {total} is not a multiple of the {per_node} GPUs per node; use e.g. "
+            f"{(total // per_node + 1) * per_node}, or --set resources.gpus_per_node=..."
+        )
+    return [f"resources.nodes={total // per_node}"]
 
 
 def dump(spec: StageSpec) -> str:
@@ -226,6 +242,7 @@ def submit(
         )
     else:
         result = backend.submit(spec, force=force)
+        click.echo(backend.notes(spec))
         if wait:
             result = backend.wait(spec.run_id)
     click.echo(result.line())
@@ -240,13 +257,13 @@ def backend_for(run_id: str, store: str | None, namespace: str | None = None) ->
 
     local = LocalBackend(store or DEFAULT_STORE)
     try:
-        recorded = local.store.read_json(run_key(run_id, "status.json")).get("backend", "local")
+        recorded = local.store.read_json(run_key(run_id, "status.json"))
     except FileNotFoundError:
-        recorded = "local"
-    if recorded == "kubernetes":
+        recorded = {}
+    if recorded.get("backend") == "kubernetes":
         from zhllama.backends.kubernetes import KubernetesBackend
 
-        return KubernetesBackend(namespace=namespace)
+        return KubernetesBackend(namespace=namespace or recorded.get("namespace"))
     return local
 
 
@@ -262,10 +279,11 @@ store_option = click.option(
 @cli.command()
 @click.argument("run_id")
 @store_option
+@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
 @user_errors
-def status(run_id: str, store: str) -> None:
+def status(run_id: str, store: str, namespace: str | None) -> None:
     """Show the state of a run (and why, when it is not running)."""
-    result = backend_for(run_id, store).status(run_id)
+    result = backend_for(run_id, store, namespace).status(run_id)
     click.echo(result.line())
     for key, value in result.details.items():
         click.echo(f"  {key}: {value}")
@@ -299,10 +317,11 @@ def watch(run_id: str, store: str, namespace: str | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run finishes.")
 @click.option("--previous", is_flag=True, help="The previous container's log after a restart (Kubernetes).")
 @store_option
+@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
 @user_errors
-def logs(run_id: str, follow: bool, previous: bool, store: str) -> None:
+def logs(run_id: str, follow: bool, previous: bool, store: str, namespace: str | None) -> None:
     """Print a run's log (the master pod's on Kubernetes)."""
-    for line in backend_for(run_id, store).logs(run_id, follow=follow, previous=previous):
+    for line in backend_for(run_id, store, namespace).logs(run_id, follow=follow, previous=previous):
         click.echo(line)
 
 
@@ -323,10 +342,11 @@ def list_runs(store: str) -> None:
 @cli.command()
 @click.argument("run_id")
 @store_option
+@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
 @user_errors
-def cancel(run_id: str, store: str) -> None:
+def cancel(run_id: str, store: str, namespace: str | None) -> None:
     """Stop a run."""
-    click.echo(backend_for(run_id, store).cancel(run_id).line())
+    click.echo(backend_for(run_id, store, namespace).cancel(run_id).line())
 
 
 @cli.command()
@@ -383,6 +403,15 @@ def chat(model: str, adapters: tuple[str, ...], tokenizer: str | None, gguf_file
         },
     )
     chat_loop(spec)
+
+
+@cli.command(name="chart-presets")
+@user_errors
+def chart_presets() -> None:
+    """Regenerate charts/zhllama/files/presets.json from the size presets (run after changing them)."""
+    from zhllama.backends.k8s_chart import write_chart_presets
+
+    click.echo(f"wrote {write_chart_presets()}")
 
 
 def main() -> None:

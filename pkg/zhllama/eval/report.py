@@ -33,6 +33,10 @@ class EvalReport:
     perplexity: dict[str, PerplexityResult] = field(default_factory=dict)
     """Held-out source URI -> result."""
     exams: list[ExamResult] = field(default_factory=list)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Task source URI -> score_task's result (metric, score, the exact prompt, answers)."""
+    samples: dict[str, Any] | None = None
+    """sample_generations' result: decoding settings and the generations."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +65,8 @@ class EvalReport:
                 }
                 for exam in self.exams
             ],
+            "tasks": self.tasks,
+            "samples": self.samples,
         }
 
 

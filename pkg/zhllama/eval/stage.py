@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -12,10 +12,11 @@ import torch
 
 from zhllama.errors import UserError
 from zhllama.eval.exams import read_exam_dir, score_subject
-from zhllama.eval.generation import decoding_settings, generate, read_prompts
+from zhllama.eval.generation import PAPER_DECODING, decoding_settings, generate, read_prompts
 from zhllama.eval.loading import context_length, load_spec_model
 from zhllama.eval.perplexity import per_char_perplexity, read_documents
 from zhllama.eval.report import EvalReport, ExamResult, write_report
+from zhllama.eval.tasks import read_task_file, sample_generations, score_task
 from zhllama.prompts import alpaca_prompt
 from zhllama.spec.models import EvalSpec, GenerateSpec
 
@@ -31,6 +32,7 @@ def run_eval(ctx: RunContext) -> None:
     # Read every input before loading the model, so that a bad CSV fails in seconds, not after the load.
     heldout = {uri: read_documents(ctx.input(uri), spec.max_chars) for uri in spec.heldout}
     exams = {uri: read_exam_dir(ctx.input(uri)) for uri in spec.exams}
+    tasks = {uri: read_task_file(ctx.input(uri))[: spec.max_task_examples] for uri in spec.tasks}
     model, tokenizer = load_spec_model(ctx, spec)
     window = min(spec.window, context_length(model))
     if spec.stride >= window:
@@ -55,6 +57,20 @@ def run_eval(ctx: RunContext) -> None:
                 for subject in subjects
             ]
             report.exams.append(ExamResult(uri, shots, scores))
+    for uri, examples in tasks.items():
+        report.tasks[uri] = score_task(
+            model,
+            tokenizer,
+            examples,
+            examples[0].metric,
+            spec.instruction_model,
+            spec.max_new_tokens,
+            progress=partial(ctx.progress, desc=uri),
+        )
+    if spec.sample_prompts:
+        settings = replace(PAPER_DECODING, max_new_tokens=spec.max_new_tokens)
+        samples = sample_generations(model, tokenizer, spec.sample_prompts, spec.instruction_model, settings, spec.seed)
+        report = replace(report, samples=samples)
     write_report(report, ctx.output_dir("eval"))
     ctx.publish("eval")
 
