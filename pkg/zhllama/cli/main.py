@@ -15,7 +15,7 @@ import click
 import yaml
 
 from zhllama.errors import UserError
-from zhllama.spec import PRESETS, STAGE_SPECS, PipelineSpec, StageSpec, resolve_spec
+from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, resolve_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STORE = "file://./artifacts"
@@ -402,6 +402,7 @@ def chat(model: str, adapters: tuple[str, ...], tokenizer: str | None, gguf_file
             "store": store,
         },
     )
+    assert isinstance(spec, GenerateSpec)
     chat_loop(spec)
 
 
