@@ -15,6 +15,15 @@ TINY_DATA = {
     "sft": "embedded://sft-train-tiny",
 }
 
+# The demo report's held-out tasks (the two skills the embedded SFT data teaches), and its sample instructions:
+# an open question the SFT data never asks, and one unseen example of each task.
+DEMO_TASKS = ["embedded://sentiment-heldout", "embedded://segmentation-heldout"]
+DEMO_PROMPTS = [
+    "用一句话介绍一下北京。",
+    "判断下面评论的情感倾向，回答正面或负面。\n房间很干净，服务也很周到，下次还会再来。",
+    "对下面的句子进行分词，词之间用空格分隔。\n我们要加快经济体制改革",
+]
+
 
 def _cluster(base: str, nodes: int, gpus: int, bits: int, micro: int, accum: int, memory: str) -> dict[str, Any]:
     weights = f"store://models/{base}"
@@ -85,7 +94,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "base_model": "embedded://tiny-llama",
             "tokenizer": "embedded://tiny-llama",
             "data": [TINY_DATA["sft"]],
-            "block_size": 96,
+            "block_size": 160,
             "micro_batch_size": 4,
             "max_steps": 6,
             "zero_stage": 0,
@@ -95,7 +104,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "merge": {"base_model": "embedded://tiny-llama", "max_shard_size": "2MB", "dtype": "float32"},
         "quantize": {"types": ["F16", "Q8_0", "Q4_0"], "heldout": [TINY_DATA["heldout"]], "max_eval_chars": 2000},
-        "eval": {"heldout": [TINY_DATA["heldout"]], "window": 64, "stride": 32, "max_chars": 2000},
+        "eval": {"heldout": [TINY_DATA["heldout"]], "window": 64, "stride": 32, "max_chars": 2000,
+                 "tasks": DEMO_TASKS, "max_task_examples": 4, "sample_prompts": DEMO_PROMPTS[:1],
+                 "max_new_tokens": 8},
         "generate": {"max_new_tokens": 16},
     },
     "smol": {
@@ -123,7 +134,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "merge": {"max_shard_size": "500MB", "dtype": "float32"},
         "quantize": {"max_eval_chars": 20000},
-        "eval": {"max_chars": 20000},
+        "eval": {"max_chars": 20000, "tasks": DEMO_TASKS, "max_task_examples": 100,
+                 "sample_prompts": DEMO_PROMPTS, "max_new_tokens": 64},
         "generate": {"max_new_tokens": 64},
     },
     "7b": _cluster("llama-7b", nodes=2, gpus=8, bits=16, micro=8, accum=8, memory="400Gi"),

@@ -1,0 +1,219 @@
+"""report.md, section by section; each section draws its figure into the report directory and links it."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from zhllama.report import figures
+from zhllama.report.collect import PipelineResults
+
+BEFORE, AFTER = "base", "sft"
+"""The models compared in the task and sample sections: the base and the instruction-tuned model."""
+MODEL_NAMES = {"base": "base model", "pretrain": "after pretraining", "sft": "after SFT"}
+
+
+def model_name(label: str) -> str:
+    return MODEL_NAMES.get(label, label)
+
+
+def task_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def change(before: float, after: float) -> str:
+    return f"{100 * (after / before - 1):+.1f}%"
+
+
+def fence(text: str) -> list[str]:
+    return ["```text", text.rstrip("\n"), "```"]
+
+
+def steps_table(results: PipelineResults) -> list[str]:
+    lines = ["| step | run | state | time |", "|---|---|---|---:|"]
+    for step in results.steps:
+        took = "reused" if step.reused else (f"{step.seconds:.0f} s" if step.seconds is not None else "–")
+        lines.append(f"| {step.step} | `{step.run_id}` | {step.state} | {took} |")
+    return lines
+
+
+def perplexities(results: PipelineResults) -> dict[str, dict[str, dict[str, Any]]]:
+    """Held-out source -> model label -> perplexity record."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, report in results.evals.items():
+        for source, record in report.get("perplexity", {}).get("sources", {}).items():
+            table.setdefault(source, {})[label] = record
+    return table
+
+
+def task_scores(results: PipelineResults) -> dict[str, dict[str, dict[str, Any]]]:
+    """Task URI -> model label -> score_task result."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, report in results.evals.items():
+        for uri, result in report.get("tasks", {}).items():
+            table.setdefault(uri, {})[label] = result
+    return table
+
+
+def summary(results: PipelineResults) -> list[str]:
+    lines = []
+    if results.tokenizer:
+        tpc = results.tokenizer["tokens_per_char"]
+        lines.append(f"- Tokens per Chinese character on held-out text: {tpc['base']:.3f} (base) → "
+                     f"{tpc['extended']:.3f} (extended vocabulary), {tpc['base'] / tpc['extended']:.2f}× fewer.")
+    for source, by_model in perplexities(results).items():
+        steps = [f"{model_name(label)} {record['ppl_per_char']:.2f}" for label, record in by_model.items()]
+        lines.append(f"- Per-character perplexity on {task_name(source)}: " + " → ".join(steps) + _ppl_change(by_model))
+    for uri, by_model in task_scores(results).items():
+        if BEFORE in by_model and AFTER in by_model:
+            before, after = by_model[BEFORE]["score"], by_model[AFTER]["score"]
+            lines.append(f"- {task_name(uri)} ({by_model[AFTER]['metric']}, {by_model[AFTER]['examples']} held-out "
+                         f"examples): {before:.1%} (base) → {after:.1%} (after SFT), "
+                         f"{100 * (after - before):+.1f} points.")
+    return lines
+
+
+def _ppl_change(by_model: dict[str, dict[str, Any]]) -> str:
+    if BEFORE in by_model and "pretrain" in by_model:
+        base, pretrained = by_model[BEFORE]["ppl_per_char"], by_model["pretrain"]["ppl_per_char"]
+        return f" ({change(base, pretrained)} after pretraining)."
+    return "."
+
+
+def tokenizer_section(report: dict[str, Any]) -> list[str]:
+    tpc, heldout = report["tokens_per_char"], report["heldout"]
+    return [
+        "## Tokenizer",
+        "",
+        f"Base vocabulary {report['base']['vocab_size']} tokens + {report['pieces_added']} Chinese pieces → "
+        f"{report['vocab_size']} tokens.",
+        "",
+        f"| tokenizer | tokens per character ({heldout['lines']} held-out lines, {heldout['characters']} characters) |",
+        "|---|---:|",
+        f"| base | {tpc['base']:.3f} |",
+        f"| extended | {tpc['extended']:.3f} |",
+    ]
+
+
+def training_section(training: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[str]:
+    figures.loss_curves(training, out_dir / "loss.png")
+    lines = ["## Training", "", "![training loss](loss.png)", "",
+             "| step | optimizer steps | first loss | last loss | tokens/s (mean) |", "|---|---:|---:|---:|---:|"]
+    for step, records in training.items():
+        speed = statistics.fmean(r["tokens_per_s"] for r in records) if records else float("nan")
+        lines.append(f"| {step} | {records[-1]['step']} | {records[0]['loss']:.3f} | {records[-1]['loss']:.3f} | "
+                     f"{speed:.0f} |")
+    return lines
+
+
+def perplexity_section(results: PipelineResults, out_dir: Path) -> list[str]:
+    lines = ["## Per-character perplexity on held-out text", "",
+             "exp(total negative log-likelihood / characters): comparable across tokenizers. Each model is scored "
+             "with its own tokenizer (the base model with the base vocabulary).", ""]
+    for index, (source, by_model) in enumerate(perplexities(results).items()):
+        figure = f"perplexity-{index + 1}.png"
+        labels = [model_name(label) for label in by_model]
+        figures.bars(labels, [r["ppl_per_char"] for r in by_model.values()],
+                     f"per-character perplexity, {task_name(source)}", "perplexity per character", out_dir / figure)
+        lines += [f"`{source}`", "", "| model | characters | tokens | tokens/char | ppl per char | vs base |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        base = by_model.get(BEFORE, {}).get("ppl_per_char")
+        for label, record in by_model.items():
+            versus = change(base, record["ppl_per_char"]) if base and label != BEFORE else "–"
+            lines.append(f"| {model_name(label)} | {record['characters']} | {record['tokens']} | "
+                         f"{record['tokens_per_char']:.3f} | {record['ppl_per_char']:.3f} | {versus} |")
+        lines += ["", f"![perplexity]({figure})", ""]
+    return lines
+
+
+def tasks_section(results: PipelineResults, out_dir: Path) -> list[str]:
+    scores = task_scores(results)
+    if not scores:
+        return []
+    labels = [label for label in results.evals if all(label in by_model for by_model in scores.values())]
+    figures.grouped_bars([task_name(uri) for uri in scores],
+                         {model_name(label): [scores[uri][label]["score"] for uri in scores] for label in labels},
+                         "held-out tasks", "score", out_dir / "tasks.png")
+    lines = ["## Held-out tasks", "", "Answers are decoded greedily; accuracy takes the first label the answer "
+             "mentions, segmentation F1 matches words by their character spans.", "", "![tasks](tasks.png)", ""]
+    for uri, by_model in scores.items():
+        lines += [f"### {task_name(uri)}", "", "| model | metric | score | examples | details |",
+                  "|---|---|---:|---:|---|"]
+        for label, result in by_model.items():
+            if result["metric"] == "accuracy":
+                details = f"{result['correct']} right, {result['unanswered']} answers named no label"
+            else:
+                details = f"precision {result['precision']:.3f}, recall {result['recall']:.3f}"
+            lines.append(f"| {model_name(label)} | {result['metric']} | {result['score']:.1%} | "
+                         f"{result['examples']} | {details} |")
+        prompts: dict[str, list[str]] = {}
+        for label, result in by_model.items():
+            prompts.setdefault(result["prompt"], []).append(model_name(label))
+        for prompt, names in prompts.items():
+            lines += ["", f"The exact prompt of the first example, as {', '.join(names)} saw it:", "", *fence(prompt)]
+        lines.append("")
+        lines += _answers(by_model)
+    return lines
+
+
+def _answers(by_model: dict[str, dict[str, Any]]) -> list[str]:
+    if BEFORE not in by_model or AFTER not in by_model:
+        return []
+    lines = ["| input | expected | base answer | SFT answer |", "|---|---|---|---|"]
+    for before, after in zip(by_model[BEFORE]["answers"], by_model[AFTER]["answers"], strict=False):
+        lines.append(f"| {cell(before['input'])} | {cell(before['expected'])} | {cell(before['answer'])} | "
+                     f"{cell(after['answer'])} |")
+    return [*lines, ""]
+
+
+def cell(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat.replace("|", "\\|") or "(empty)"
+
+
+ENGINES = {"llama_cpp": "llama.cpp", "transformers": "transformers"}
+
+
+def quantize_section(report: dict[str, Any]) -> list[str]:
+    """The paper's quantization table; each row measured by llama.cpp when it ran, else by transformers."""
+    heldout = report["heldout"]
+    lines = ["## Quantization", "",
+             f"GGUF files of the merged model; per-character perplexity on {heldout['characters']} held-out "
+             f"characters (the HF float32 model: {report['hf']['ppl_per_char']:.3f}).", "",
+             "| type | file size | ppl per char | Δ | vs | tokens/s | measured by |",
+             "|---|---:|---:|---:|---|---:|---|"]
+    for row in report["types"]:
+        if "skipped" in row:
+            lines.append(f"| {row['type']} | – | – | – | – | – | skipped: {cell(row['skipped'])} |")
+            continue
+        engine = next((e for e in ENGINES if row.get(e, {}).get("ppl_per_char") is not None), None)
+        size = f"{row['bytes'] / 1e6:.1f} MB"
+        if engine is None:
+            errors = "; ".join(f"{ENGINES[e]}: {row[e]['error']}" for e in ENGINES if row.get(e, {}).get("error"))
+            lines.append(f"| {row['type']} | {size} | – | – | – | – | {cell(errors or 'not measured')} |")
+            continue
+        measured = row[engine]
+        speed = measured.get("tokens_per_second")
+        lines.append(f"| {row['type']} | {size} | {measured['ppl_per_char']:.3f} | {measured['delta_pct']:+.2f}% | "
+                     f"{report.get(f'{engine}_delta_reference', 'F16')} | "
+                     f"{'–' if speed is None else f'{speed:.0f}'} | {ENGINES[engine]} |")
+    return lines
+
+
+def samples_section(results: PipelineResults) -> list[str]:
+    before = results.evals.get(BEFORE, {}).get("samples")
+    after = results.evals.get(AFTER, {}).get("samples")
+    if not before or not after:
+        return []
+    decoding = after["decoding"]
+    settings = ", ".join(f"{key} {value}" for key, value in decoding.items())
+    lines = ["## Sample generations", "", f"Decoding (the paper's settings): {settings}; seed {after['seed']}.", ""]
+    answers = {g["instruction"]: g for g in before["generations"]}
+    for generation in after["generations"]:
+        lines += [f"### {generation['instruction']}", "", "Base model:"]
+        earlier = answers.get(generation["instruction"])
+        lines += fence(earlier["output"] if earlier else "(not asked)")
+        lines += ["", "After SFT:"] + fence(generation["output"]) + [""]
+    return lines
