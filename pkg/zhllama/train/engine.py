@@ -1,0 +1,245 @@
+"""How one optimizer step runs: plain PyTorch (one process or DDP) for zero_stage 0, DeepSpeed ZeRO-2/3 otherwise.
+
+Both engines take the same param groups and schedule, expose the same four operations (micro-batch
+forward/backward, optimizer step, save, load) and keep losses and norms as tensors so nothing waits on the device
+between logging steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from zhllama.errors import UserError
+from zhllama.spec import TrainSpec
+from zhllama.train.distributed import DistEnv
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEEPSPEED_TAG = "deepspeed"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto is bf16 on a GPU that has it (else fp16), fp32 on CPU; fp16 on CPU is refused."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision=fp16 needs a GPU; use precision=fp32 (or auto) on CPU")
+    return precision
+
+
+def lr_lambda(spec: TrainSpec, delay: int = 0) -> Callable[[int], float]:
+    """Linear warmup, then cosine/linear decay to 0 or constant; a group with `delay` stays at 0 until then."""
+    warmup = int(spec.max_steps * spec.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < delay:
+            return 0.0
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if spec.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, spec.max_steps - warmup)
+        if spec.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, spec: TrainSpec) -> list[dict[str, Any]]:
+    """Fully trained modules (embeddings, head) and LoRA weights as two groups, so LoRA can wait for them."""
+    full: list[torch.nn.Parameter] = []
+    lora: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (full if "modules_to_save" in name else lora).append(param)
+    groups = [{"params": full, "name": "modules_to_save"}, {"params": lora, "name": "lora"}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> tuple[torch.optim.Optimizer,
+                                                                                             LambdaLR]:
+    groups = param_groups(model, spec)
+    optimizer = torch.optim.AdamW(
+        groups, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999), eps=1e-8,
+        fused=True,  # one kernel for all tensors, on CPU as on GPU
+    )
+    lambdas = [lr_lambda(spec, spec.embedding_only_steps if g["name"] == "lora" else 0) for g in groups]
+    return optimizer, LambdaLR(optimizer, lambdas)
+
+
+class Engine(Protocol):
+    model: torch.nn.Module
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor: ...
+
+    def step(self) -> torch.Tensor:
+        """The optimizer step after the accumulated micro-batches; returns the gradient norm before clipping."""
+        ...
+
+    def current_lr(self) -> float: ...
+
+    def save(self, directory: Path) -> None:
+        """This rank's share of the training state (weights being trained, optimizer, schedule)."""
+        ...
+
+    def load(self, directories: list[Path]) -> None:
+        """Restore from every rank's saved directory of one checkpoint."""
+        ...
+
+
+class PlainEngine:
+    """One process, or DDP over several: fp32 master weights, autocast for bf16/fp16, a loss scaler for fp16."""
+
+    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
+        self.model = model
+        self.spec = spec
+        self.device = env.device
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = build_optimizer(model, spec, env.device)
+        self.forward_model: torch.nn.Module = model
+        if env.world_size > 1:
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+            )
+        self.autocast_dtype = DTYPES[precision] if precision != "fp32" else None
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor:
+        no_sync = getattr(self.forward_model, "no_sync", None)  # DDP: all-reduce only on the last micro-batch
+        sync = nullcontext() if last_micro_step or no_sync is None else no_sync()
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with sync:
+            with autocast:
+                loss = self.forward_model(**batch).loss
+            self.scaler.scale(loss / self.spec.grad_accum_steps).backward()
+        return loss.detach()
+
+    def step(self) -> torch.Tensor:
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def current_lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Every DDP rank holds the same state: rank 0's copy is the checkpoint.
+        trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        torch.save(
+            {"trained": trained, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "scaler": self.scaler.state_dict()},
+            directory / "engine.pt",
+        )
+
+    def load(self, directories: list[Path]) -> None:
+        state = torch.load(directories[0] / "engine.pt", map_location=self.device, weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trained"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def deepspeed_config(spec: TrainSpec, world_size: int, precision: str, on_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config generated from the spec (ZeRO stage, batch, clipping, precision)."""
+    zero: dict[str, Any] = {"stage": spec.zero_stage, "contiguous_gradients": True, "overlap_comm": on_gpu,
+                            "reduce_bucket_size": 5e7}
+    if spec.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {
+        "train_micro_batch_size_per_gpu": spec.micro_batch_size,
+        "gradient_accumulation_steps": spec.grad_accum_steps,
+        "train_batch_size": spec.micro_batch_size * spec.grad_accum_steps * world_size,
+        "gradient_clipping": spec.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        # A plain torch AdamW: DeepSpeed's fused CPU/GPU Adam ops would need compiling on every machine.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    """ZeRO-2/3 through DeepSpeed, with the same torch AdamW and schedule as the plain engine."""
+
+    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
+        import deepspeed
+
+        self.model = model
+        self.spec = spec
+        self.config = deepspeed_config(spec, env.world_size, precision, env.device.type == "cuda")
+        optimizer, scheduler = build_optimizer(model, spec, env.device)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config,
+            dist_init_required=False,
+        )
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor:
+        loss = self.engine(**batch).loss
+        self.engine.backward(loss)
+        if not last_micro_step:
+            self.engine.step()  # DeepSpeed only accumulates here; the real step happens at the boundary
+        return loss.detach()
+
+    def step(self) -> torch.Tensor:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return norm if isinstance(norm, torch.Tensor) else torch.tensor(float(norm or 0.0))
+
+    def current_lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True,
+                                    save_latest=False)
+
+    def load(self, directories: list[Path]) -> None:
+        # ZeRO-1/2 read every rank's optimizer shard: gather them in one directory first.
+        merged = directories[0].parent / "deepspeed-merged"
+        target = merged / DEEPSPEED_TAG
+        target.mkdir(parents=True, exist_ok=True)
+        for directory in directories:
+            for file in (directory / DEEPSPEED_TAG).iterdir():
+                link = target / file.name
+                if not link.exists():
+                    link.symlink_to(file.resolve())
+        path, _ = self.engine.load_checkpoint(str(merged), tag=DEEPSPEED_TAG, load_module_strict=False)
+        if path is None:
+            raise UserError(f"checkpoint {directories[0].parent}: DeepSpeed found no state in it; delete it")
+
+
+def build_engine(model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> Engine:
+    """DeepSpeed for ZeRO-2/3 of a 16-bit base; plain PyTorch (DDP across ranks) otherwise.
+
+    A bitsandbytes-quantized base stays on its device as loaded: ZeRO would re-cast and partition its weights,
+    so 8/4-bit runs replicate the frozen base per rank (DDP) and only the small trained tensors are reduced.
+    """
+    if spec.zero_stage == 0 or spec.bits != 16:
+        if spec.zero_stage and env.is_main:
+            print(f"bits={spec.bits}: training with DDP; zero_stage={spec.zero_stage} applies to 16-bit bases only",
+                  flush=True)
+        return PlainEngine(model, spec, env, precision)
+    return DeepSpeedEngine(model, spec, env, precision)

@@ -1,0 +1,243 @@
+"""The model a training stage starts from: base weights (HF or GGUF), merged adapters, resized vocabulary, LoRA.
+
+New vocabulary rows start as the mean of the base rows of the piece's sub-tokens (as the BASE tokenizer splits the
+piece), so the first steps see sensible logits instead of random rows (random rows overflowed fp16 at the start).
+Embeddings and head are untied before wrapping: both are trained in full and saved as separate tensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from zhllama.errors import UserError
+from zhllama.spec import LoraSpec
+
+InitMethod = Literal["subtoken_mean", "mean", "random"]
+ADAPTER_RECORD = "zhllama_adapter.json"
+
+
+def gguf_file_in(path: Path) -> Path | None:
+    """The GGUF file `path` names: the file itself, or the only .gguf in a directory without config.json."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """A fast tokenizer from an HF tokenizer directory, a model directory, or a GGUF file (or its directory)."""
+    gguf = gguf_file_in(path)
+    try:
+        if gguf is not None:
+            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"tokenizer {path}: cannot be loaded ({str(err).splitlines()[0]}); "
+                        "give the tokenizer stage's output or an HF model directory") from None
+
+
+def import_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF model once into an HF directory (safetensors + tokenizer) that can be trained."""
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The loaded model is marked GGUF-quantized, which training refuses; the saved copy is plain safetensors.
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attribute):
+            delattr(model.config, attribute)
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as always set
+    model.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
+
+
+def check_quantization_supported(bits: int) -> None:
+    """Refuse --bits 8/4 where bitsandbytes cannot run, before anything is loaded."""
+    if bits == 16:
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"bits={bits} needs a CUDA GPU (bitsandbytes); this machine has none: use bits=16")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"bits={bits} needs the bitsandbytes package: pip install bitsandbytes, or use bits=16")
+
+
+def load_base(model_dir: Path, dtype: torch.dtype, bits: int, device: torch.device) -> PreTrainedModel:
+    """The frozen base; with bits 8/4 the linear layers are quantized and embeddings/head stay full precision."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if bits in (8, 4):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=bits == 8, load_in_4bit=bits == 4, bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=["embed_tokens", "lm_head"],
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except OSError as err:
+        raise UserError(
+            f"base model {model_dir}: {str(err).splitlines()[0]}; give an HF directory or a GGUF file"
+        ) from None
+    if bits in (8, 4):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.requires_grad_(False)
+    return model
+
+
+def untie_embeddings(model: PreTrainedModel) -> bool:
+    """Give lm_head its own copy of the tied embedding matrix so both train and save apart; True if it was tied."""
+    head, embed = output_embeddings(model), input_embeddings(model)
+    tied = head.weight.data_ptr() == embed.weight.data_ptr()
+    if tied:
+        head.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    return tied
+
+
+def input_embeddings(model: PreTrainedModel) -> torch.nn.Embedding:
+    return cast(torch.nn.Embedding, model.get_input_embeddings())
+
+
+def output_embeddings(model: PreTrainedModel) -> torch.nn.Linear:
+    return cast(torch.nn.Linear, model.get_output_embeddings())
+
+
+def padded_size(size: int, multiple: int) -> int:
+    return math.ceil(size / multiple) * multiple
+
+
+def check_extends(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -> None:
+    """The new vocabulary must keep every base piece at its id (the first ids ARE the base vocabulary)."""
+    new_vocab = new.get_vocab()
+    for piece, index in base.get_vocab().items():
+        if new_vocab.get(piece) != index:
+            raise UserError(
+                f"tokenizer: it does not extend the base model's vocabulary (base piece {piece!r} has id {index}, "
+                f"the tokenizer gives {new_vocab.get(piece)}); build it from this base with the tokenizer stage"
+            )
+
+
+def _subtoken_ids(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase, index: int, base_rows: int) -> list[int]:
+    """Ids of the base pieces the base tokenizer's model splits new piece `index` into ([] for special tokens)."""
+    if index in new.all_special_ids or index in new.added_tokens_decoder:
+        return []
+    piece = new.convert_ids_to_tokens(index)
+    # The tokenization model works on pieces in the vocabulary's own alphabet (▁ or byte-level), so the split is
+    # the one the base would make of that text, without normalizer or pre-tokenizer side effects.
+    ids = [token.id for token in base.backend_tokenizer.model.tokenize(piece)]
+    unk = base.unk_token_id
+    return [i for i in ids if i < base_rows and i != unk]
+
+
+def new_row_values(
+    weight: torch.Tensor,
+    base_rows: int,
+    subtokens: list[list[int]],
+    method: InitMethod,
+    generator: torch.Generator,
+    std: float,
+) -> torch.Tensor:
+    """Values for the rows after `base_rows` (one per entry of `subtokens`)."""
+    base = weight[:base_rows].float()
+    mean = base.mean(dim=0)
+    rows = mean.expand(len(subtokens), -1).clone()
+    if method == "random":
+        rows = torch.randn(rows.shape, generator=generator) * std
+    elif method == "subtoken_mean":
+        for row, ids in enumerate(subtokens):
+            if ids:
+                rows[row] = base[ids].mean(dim=0)
+    return rows.to(weight.dtype)
+
+
+def resize_vocabulary(
+    model: PreTrainedModel,
+    base_tokenizer: PreTrainedTokenizerBase | None,
+    tokenizer: PreTrainedTokenizerBase,
+    method: InitMethod,
+    pad_multiple: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Resize embed_tokens and lm_head (untied) to the tokenizer and initialise the new rows; returns a record."""
+    base_rows = input_embeddings(model).weight.shape[0]
+    rows = padded_size(max(len(tokenizer), base_rows), pad_multiple)
+    record: dict[str, Any] = {"base_rows": base_rows, "rows": rows, "tokenizer_size": len(tokenizer),
+                              "init_new_rows": method, "new_rows": rows - base_rows}
+    if rows == base_rows:
+        return record
+    if method == "subtoken_mean" and base_tokenizer is None:
+        raise UserError("init_new_rows=subtoken_mean needs the base model's tokenizer files beside its weights; "
+                        "add them, or set init_new_rows=mean")
+    if base_tokenizer is not None:
+        check_extends(base_tokenizer, tokenizer)
+    subtokens = [
+        _subtoken_ids(base_tokenizer, tokenizer, i, base_rows) if base_tokenizer is not None and i < len(tokenizer)
+        else []
+        for i in range(base_rows, rows)
+    ]
+    record["rows_from_subtokens"] = sum(1 for ids in subtokens if ids)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    generator = torch.Generator().manual_seed(seed)
+    old = [input_embeddings(model).weight.detach(), output_embeddings(model).weight.detach()]
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    resized = (input_embeddings(model).weight, output_embeddings(model).weight)
+    for weight, previous in zip(resized, old, strict=True):
+        with torch.no_grad():
+            weight[base_rows:] = new_row_values(previous, base_rows, subtokens, method, generator, std)
+    model.config.vocab_size = rows
+    return record
+
+
+def merge_adapters(model: PreTrainedModel, adapter_dirs: list[Path], tokenizer_rows: int) -> PreTrainedModel:
+    """Merge trained adapters into the base in order (SFT trains on base + the pretraining adapter)."""
+    for adapter_dir in adapter_dirs:
+        rows = adapter_rows(adapter_dir)
+        if rows is not None and rows != tokenizer_rows:
+            raise UserError(
+                f"base_adapters: {adapter_dir} was trained with {rows} vocabulary rows but this tokenizer gives "
+                f"{tokenizer_rows}; use the tokenizer (and pad_vocab_multiple) that adapter was trained with"
+            )
+        if rows is not None and input_embeddings(model).weight.shape[0] != rows:
+            model.resize_token_embeddings(rows, mean_resizing=False)
+            model.config.vocab_size = rows
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model
+
+
+def adapter_rows(adapter_dir: Path) -> int | None:
+    """Vocabulary rows an adapter was trained with (from its record), None if it did not resize."""
+    record = adapter_dir / ADAPTER_RECORD
+    if not record.exists():
+        return None
+    return int(json.loads(record.read_text(encoding="utf-8"))["rows"])
+
+
+def add_lora(model: PreTrainedModel, lora: LoraSpec, gradient_checkpointing: bool) -> PeftModel:
+    """Wrap with LoRA on the target modules; modules_to_save (embeddings and head) are trained in full."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    missing = [m for m in lora.target_modules if not any(n.endswith(f".{m}") for n, _ in model.named_modules())]
+    if missing:
+        raise UserError(f"lora.target_modules: {', '.join(missing)} not found in the model; check the names")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r; a float works
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(lora.modules_to_save),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
