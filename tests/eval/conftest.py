@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lm import char_tokenizer, save_model, tiny_llama
 from transformers import PreTrainedTokenizerFast
+
+from tests.eval.tiny_lm import char_tokenizer, save_model, tiny_llama
 
 # Tiny models gain nothing from intra-op threads, and on a shared machine the threads only fight each other.
 torch.set_num_threads(1)

@@ -4,9 +4,9 @@ import csv
 from pathlib import Path
 
 import pytest
-from tiny_lm import EXAM_DIR, scripted_llama
 from transformers import PreTrainedTokenizerFast
 
+from tests.eval.tiny_lm import EXAM_DIR, scripted_llama
 from zhllama.errors import UserError
 from zhllama.eval.exams import exam_prompt, read_exam_csv, read_exam_dir, score_subject
 from zhllama.eval.scoring import score_choices

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lm import scripted_llama
 from transformers import PreTrainedTokenizerFast
 
+from tests.eval.tiny_lm import scripted_llama
 from zhllama.errors import UserError
 from zhllama.eval.generation import PAPER_DECODING, DecodingSettings, chat, chat_loop, generate, read_prompts
 from zhllama.eval.loading import load_causal_lm

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_lm import char_tokenizer, save_model, tiny_llama
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tests.eval.tiny_lm import char_tokenizer, save_model, tiny_llama
 from zhllama.errors import UserError
 from zhllama.eval.loading import load_causal_lm
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lm import chunk_tokenizer, tiny_llama, uniform_llama
 from transformers import PreTrainedTokenizerFast
 
+from tests.eval.tiny_lm import chunk_tokenizer, tiny_llama, uniform_llama
 from zhllama.errors import UserError
 from zhllama.eval.perplexity import document_ids, document_nll, per_char_perplexity, read_documents
 

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_lm import EXAM_DIR, save_model, scripted_llama
 from transformers import PreTrainedTokenizerFast
 
+from tests.eval.tiny_lm import EXAM_DIR, save_model, scripted_llama
 from zhllama.errors import UserError
 from zhllama.eval.stage import run_eval, run_generate
 from zhllama.runs import RunContext

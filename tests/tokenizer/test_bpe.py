@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tokenizer.conftest import HELDOUT_LINES
 from tokenizers import Tokenizer
 
+from tests.tokenizer.conftest import HELDOUT_LINES
 from zhllama.tokenizer import build_tokenizer, encode_lines, load_base_tokenizer, load_base_tokenizer_kind
 from zhllama.tokenizer.bpe_extend import extend_bytelevel_bpe, is_anchored, is_chinese_char
 from zhllama.tokenizer.parity import load_hf_tokenizer

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-from tests.tokenizer.conftest import HELDOUT_LINES, shared_file
 from tokenizers import Tokenizer, models
 
+from tests.tokenizer.conftest import HELDOUT_LINES, shared_file
 from zhllama.errors import UserError
 from zhllama.tokenizer import build_tokenizer, load_base_tokenizer_kind, tokens_per_char
 from zhllama.tokenizer.hf_export import sentencepiece_to_fast

@@ -1,0 +1,180 @@
+"""Write every requested GGUF type, check each file, and measure the paper's quantization table."""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from zhllama.errors import UserError
+from zhllama.eval.perplexity import document_ids, per_char_perplexity
+from zhllama.quantize.checks import compare_logits, load_with_transformers, model_logits, read_back
+from zhllama.quantize.export import NUMPY_TYPES, export_gguf
+from zhllama.quantize.llamacpp import K_QUANTS, LlamaCppFailed, check_file, quantize_k, unavailable_reason
+from zhllama.quantize.report import write_report
+
+VALID_TYPES = (*NUMPY_TYPES, *K_QUANTS)
+CHECK_TOKENS = 128
+"""Tokens of held-out text whose logits are compared with the HF model's."""
+TOKENIZER_PROBE = "中文分词测试：人工智能（AI）正在改变世界，北京大学的研究者在2023年发布了模型。Hello, world! 12345"
+
+Progress = Callable[[Iterable[str]], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The text every file is scored on, and what the HF model predicted for it."""
+
+    tokenizer: PreTrainedTokenizerBase
+    documents: list[str]
+    document_tokens: list[list[int]]
+    logits_ids: list[int]
+    reference_logits: torch.Tensor
+    window: int
+    stride: int
+
+    @property
+    def characters(self) -> int:
+        return sum(len(text) for text in self.documents)
+
+
+def check_types(types: list[str]) -> None:
+    unknown = [t for t in types if t not in VALID_TYPES]
+    if unknown or not types:
+        raise UserError(f"quantize: unknown GGUF type(s) {unknown or '[]'}; valid types: {', '.join(VALID_TYPES)}")
+
+
+def gguf_path(out_dir: Path, qtype: str) -> Path:
+    return out_dir / f"model-{qtype}.gguf"
+
+
+def quantize_all(
+    model_dir: Path,
+    out_dir: Path,
+    types: list[str],
+    documents: list[str],
+    *,
+    check_llama_cpp: bool = True,
+    window: int = 512,
+    stride: int = 384,
+    workdir: Path | None = None,
+    progress: Progress = lambda items: items,
+) -> dict[str, Any]:
+    """Write `types` of `model_dir` into `out_dir` as model-<TYPE>.gguf plus report.json and report.md.
+
+    Each file is read back with gguf.GGUFReader, loaded by transformers (logits against the HF model) and,
+    where llama-cpp-python is installed and `check_llama_cpp`, by llama.cpp (tokenization against the HF
+    tokenizer, logits, generation speed). The per-character perplexity on `documents` comes from llama.cpp
+    when it runs, else from transformers. K-quants need llama.cpp and are skipped without it.
+    """
+    check_types(types)
+    if not any(documents):
+        raise UserError("quantize: the held-out text is empty; pass at least one document for the perplexity table")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llama_reason = unavailable_reason()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hf_tokens = list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    document_tokens = [document_ids(tokenizer, text) for text in documents]
+    logits_ids = document_tokens[0][:CHECK_TOKENS]
+    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    source_ppl = per_char_perplexity(source, tokenizer, documents, window, stride)
+    heldout = HeldOut(
+        tokenizer, documents, document_tokens, logits_ids, model_logits(source, logits_ids), window, stride
+    )
+    del source
+    gc.collect()
+
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "heldout": {"documents": len(documents), "characters": heldout.characters, "window": window, "stride": stride},
+        "hf": {"ppl_per_char": source_ppl.per_char, "tokens": source_ppl.tokens},
+        "llama_cpp": {"available": llama_reason is None, "reason": llama_reason, "checked": check_llama_cpp},
+        "types": [],
+    }
+    # numpy types first: a K-quant is made from the F16 file
+    ordered = sorted(types, key=lambda t: t in K_QUANTS)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="quantize-") as scratch:
+        for qtype in progress(ordered):
+            row: dict[str, Any] = {"type": qtype, "via": "llama.cpp" if qtype in K_QUANTS else "gguf"}
+            report["types"].append(row)
+            path = gguf_path(out_dir, qtype)
+            started = time.monotonic()
+            if qtype in K_QUANTS:
+                if llama_reason is not None:
+                    row["skipped"] = f"K-quants are made only by llama.cpp's quantizer: {llama_reason}"
+                    continue
+                f16 = gguf_path(out_dir, "F16") if "F16" in types else Path(scratch) / "model-F16.gguf"
+                if not f16.is_file():
+                    export_gguf(model_dir, f16, "F16")
+                try:
+                    quantize_k(f16, path, qtype)
+                except LlamaCppFailed as error:
+                    row["skipped"] = str(error)
+                    continue
+            else:
+                export_gguf(model_dir, path, qtype)
+            row.update(file=path.name, bytes=path.stat().st_size, seconds=round(time.monotonic() - started, 1))
+            row["readback"] = read_back(path, hf_tokens)
+            use_llama_cpp = check_llama_cpp and llama_reason is None
+            # perplexity is scored once per file: by llama.cpp where it runs, else by transformers
+            row["transformers"] = _transformers_row(path, heldout, with_perplexity=not use_llama_cpp)
+            if use_llama_cpp:
+                row["llama_cpp"] = _llama_cpp_row(path, heldout)
+    _add_deltas(report)
+    write_report(report, out_dir)
+    return report
+
+
+def _transformers_row(path: Path, heldout: HeldOut, with_perplexity: bool) -> dict[str, Any]:
+    try:
+        model = load_with_transformers(path)
+    except (ValueError, NotImplementedError, KeyError, RuntimeError) as error:
+        return {"loaded": False, "error": f"{type(error).__name__}: {error}"}
+    row: dict[str, Any] = {"loaded": True}
+    if with_perplexity:
+        result = per_char_perplexity(model, heldout.tokenizer, heldout.documents, heldout.window, heldout.stride)
+        row["ppl_per_char"] = result.per_char
+    row.update(compare_logits(model_logits(model, heldout.logits_ids), heldout.reference_logits))
+    del model
+    gc.collect()
+    return row
+
+
+def _llama_cpp_row(path: Path, heldout: HeldOut) -> dict[str, Any]:
+    probe_texts = [TOKENIZER_PROBE, heldout.documents[0][:2000]]
+    try:
+        result = check_file(
+            path, probe_texts, heldout.document_tokens, heldout.logits_ids, heldout.window, heldout.stride
+        )
+    except LlamaCppFailed as error:
+        return {"loaded": False, "error": str(error)}
+    hf_ids = [list(heldout.tokenizer(text, add_special_tokens=False).input_ids) for text in probe_texts]
+    return {
+        "loaded": True,
+        "tokenization_matches_hf": result["token_ids"] == hf_ids,
+        "ppl_per_char": math.exp(result["nll"] / heldout.characters),
+        "tokens_per_second": result["tokens_per_second"],
+        **compare_logits(torch.from_numpy(result["logits"]), heldout.reference_logits),
+    }
+
+
+def _add_deltas(report: dict[str, Any]) -> None:
+    """Δ perplexity in percent against the F16 file (the HF model when F16 was not written)."""
+    rows = {row["type"]: row for row in report["types"]}
+    for engine in ("transformers", "llama_cpp"):
+        f16 = rows.get("F16", {}).get(engine, {}).get("ppl_per_char")
+        reference = f16 if f16 is not None else report["hf"]["ppl_per_char"]
+        report[f"{engine}_delta_reference"] = "F16" if f16 is not None else "HF model"
+        for row in rows.values():
+            ppl = row.get(engine, {}).get("ppl_per_char")
+            if ppl is not None:
+                row[engine]["delta_pct"] = 100.0 * (ppl / reference - 1.0)

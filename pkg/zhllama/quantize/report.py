@@ -1,0 +1,66 @@
+"""report.json and report.md: the paper's quantization table (size, per-character perplexity, Δ, speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "report.md").write_text(markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    heldout = report["heldout"]
+    llama = report["llama_cpp"]
+    lines = [
+        f"# GGUF quantization of {report['model']}",
+        "",
+        f"Per-character perplexity on {heldout['characters']} held-out characters ({heldout['documents']} documents, "
+        f"window {heldout['window']}, stride {heldout['stride']}); HF model (float32): "
+        f"{report['hf']['ppl_per_char']:.4f}. Δ is against {report['transformers_delta_reference']} (transformers) "
+        f"and {report['llama_cpp_delta_reference']} (llama.cpp). Perplexity is scored by llama.cpp where it runs.",
+        "",
+        "| type | size (MB) | ppl/char (transformers) | Δ | ppl/char (llama.cpp) | Δ | tokens/s (llama.cpp) | checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in report["types"]:
+        if "skipped" in row:
+            lines.append(f"| {row['type']} | – | – | – | – | – | – | skipped: {row['skipped']} |")
+            continue
+        hf, cpp = row.get("transformers", {}), row.get("llama_cpp", {})
+        lines.append(
+            f"| {row['type']} | {row['bytes'] / 1e6:.1f} "
+            f"| {_number(hf.get('ppl_per_char'))} | {_pct(hf.get('delta_pct'))} "
+            f"| {_number(cpp.get('ppl_per_char'))} | {_pct(cpp.get('delta_pct'))} "
+            f"| {_number(cpp.get('tokens_per_second'), 1)} | {_checks(row)} |"
+        )
+    if not llama["available"]:
+        lines += ["", f"llama.cpp columns are empty: {llama['reason']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _checks(row: dict[str, Any]) -> str:
+    notes = ["reads back" if row["readback"]["ok"] else "READ-BACK FAILED"]
+    hf = row.get("transformers", {})
+    notes.append(
+        f"transformers top-1 {hf['top1_agreement']:.0%}" if hf.get("loaded") else f"transformers: {hf.get('error')}"
+    )
+    cpp = row.get("llama_cpp")
+    if cpp is not None:
+        if not cpp.get("loaded"):
+            notes.append(f"llama.cpp: {cpp.get('error')}")
+        else:
+            same = "same" if cpp["tokenization_matches_hf"] else "DIFFERENT"
+            notes.append(f"llama.cpp tokens {same}, top-1 {cpp['top1_agreement']:.0%}")
+    return "; ".join(notes)
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}%"
