@@ -48,7 +48,15 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
             ("eval-base", {"model": base_model, "instruction_model": True}),
             (
                 "eval-pretrain",
-                {"model": base_model, "adapters": [pt_adapter], "tokenizer": tokenizer, "instruction_model": False},
+                # Perplexity is what pretraining changes; the tasks compare the base with the SFT model.
+                {
+                    "model": base_model,
+                    "adapters": [pt_adapter],
+                    "tokenizer": tokenizer,
+                    "instruction_model": False,
+                    "tasks": [],
+                    "sample_prompts": [],
+                },
             ),
             ("eval-sft", {"model": output("merge", "model"), "instruction_model": True}),
         ],

@@ -203,15 +203,16 @@ class LocalBackend:
         except (OSError, ValueError, KeyError):
             raise UserError(f"run {run_id!r} was not started on this machine; nothing to cancel here") from None
         (run_dir / "cancelled").write_text(now())
+        # torchrun starts its workers in sessions of their own, so signalling our process group is not enough:
+        # every descendant, found before the signals, gets them too.
+        processes = process_tree(pid)
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._alive(run_id):
-                time.sleep(0.2)
-            if not self._alive(run_id):
+            processes += [p for p in process_tree(pid) if p not in processes]
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.send_signal(sig)
+            _, alive = psutil.wait_procs(processes, timeout=grace)
+            if not alive:
                 break
         self.store.write_json(
             run_key(run_id, "status.json"),
@@ -246,6 +247,14 @@ class LocalBackend:
         if stored is None:
             raise UserError(f"no run {run_id!r} in {self.store.root_uri}")
         return spec_from_json(stored)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _read_exit_code(run_dir: Path) -> int | None:
