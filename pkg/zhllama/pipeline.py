@@ -13,10 +13,10 @@ from typing import Any
 
 from zhllama.backends.base import Backend, RunStatus
 from zhllama.errors import UserError
-from zhllama.runs import now, run_key, spec_record
+from zhllama.runs import changed_inputs, now, run_key, spec_record
 from zhllama.spec import PipelineSpec, StageSpec, resolve_spec
 from zhllama.spec.presets import deep_merge, preset_values
-from zhllama.store import open_store
+from zhllama.store import ArtifactStore, open_store
 
 EVAL_VARIANTS = ("base", "pretrain", "sft")
 
@@ -70,6 +70,14 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
     return steps
 
 
+def changed_inputs_of(store: ArtifactStore, spec: StageSpec) -> list[str]:
+    """The inputs of a finished step that changed since it ran; empty when it has not finished."""
+    names = type(spec).outputs
+    if not names or not all(store.is_complete(run_key(spec.run_id, "outputs", n)) for n in names):
+        return []
+    return changed_inputs(store, spec.run_id, names)
+
+
 def run_pipeline(
     spec: PipelineSpec,
     backend: Backend,
@@ -104,6 +112,12 @@ def run_pipeline(
 
     save("Running")
     for step, step_spec in steps:
+        if changed_inputs_of(store, step_spec):
+            # An upstream step ran again: this step's finished outputs were made from what it replaced.
+            print(f"==> {step}: inputs changed, running it again", flush=True)
+            backend.cancel(step_spec.run_id)
+            # Its checkpoints were trained on the replaced inputs: start over rather than resume from them.
+            store.delete_prefix(run_key(step_spec.run_id, "checkpoints"))
         status = backend.submit(step_spec, force=force)
         if on_step is not None and not status.finished:
             on_step(step, step_spec)

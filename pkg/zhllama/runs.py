@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from zhllama.errors import ArtifactError, UserError
 from zhllama.spec import StageSpec, spec_from_json
-from zhllama.store import ArtifactStore, DirStore, join_key, locate, open_store
+from zhllama.store import MANIFEST, ArtifactStore, DirStore, join_key, locate, open_store
 
 T = TypeVar("T")
 
@@ -54,6 +54,7 @@ class RunContext:
     world_size: int = 1
     _inputs: dict[str, Path] = field(default_factory=dict)
     _staged: set[str] = field(default_factory=set)
+    _input_digests: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, spec: StageSpec, workdir: Path | None = None) -> RunContext:
@@ -79,6 +80,9 @@ class RunContext:
         """A verified local path for an input URI (a file or a directory)."""
         if uri not in self._inputs:
             self._inputs[uri] = fetch_input(uri, self.store, self.workdir / "inputs")
+            digest = input_digest(uri, self.store)
+            if digest is not None:
+                self._input_digests[uri] = digest
         return self._inputs[uri]
 
     def output_dir(self, name: str) -> Path:
@@ -102,7 +106,7 @@ class RunContext:
             self.key("outputs", name),
             spec=spec_record(self.spec),
             inputs=self.spec.input_uris(),
-            extra=extra,
+            extra={"input_manifests": dict(self._input_digests), **(extra or {})},
         )
 
     def progress(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
@@ -144,6 +148,30 @@ def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             store._get_file(object_key, target, progress=True)
     return dest / Path(key).name if keys == [key] else dest
+
+
+def input_digest(uri: str, run_store: ArtifactStore) -> str | None:
+    """sha256 of the manifest of the artifact an input URI points into; None for plain files."""
+    store, key = locate(uri, run_store)
+    artifact, _ = enclosing_artifact(store, key)
+    if artifact is None:
+        return None
+    return hashlib.sha256(store.read_bytes(join_key(artifact, MANIFEST))).hexdigest()
+
+
+def changed_inputs(store: ArtifactStore, run_id: str, outputs: tuple[str, ...]) -> list[str]:
+    """Inputs whose artifact changed since the run's outputs were made from them (a re-run upstream step)."""
+    changed: list[str] = []
+    for name in outputs:
+        recorded = store.read_manifest(run_key(run_id, "outputs", name)).get("input_manifests", {})
+        for uri, digest in recorded.items():
+            try:
+                current = input_digest(uri, store)
+            except UserError:
+                current = None
+            if current != digest and uri not in changed:
+                changed.append(uri)
+    return changed
 
 
 def enclosing_artifact(store: ArtifactStore, key: str) -> tuple[str | None, str]:
@@ -204,6 +232,10 @@ def outputs_done(ctx: RunContext) -> bool:
                 f"run {ctx.run_id} already has a complete {name!r} output made by a different spec; "
                 "use a new --run-id, or delete the run first"
             )
+    changed = changed_inputs(ctx.store, ctx.run_id, names)
+    if changed:
+        print(f"{ctx.run_id}: inputs changed since the outputs were made ({', '.join(changed)}); running again")
+        return False
     return True
 
 

@@ -201,13 +201,14 @@ class LocalBackend:
         try:
             pid = json.loads((run_dir / "process.json").read_text())["pid"]
         except (OSError, ValueError, KeyError):
-            raise UserError(f"run {run_id!r} was not started on this machine; nothing to cancel here") from None
+            pid = None  # started elsewhere or long ago: nothing runs here, only the record changes
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "cancelled").write_text(now())
         # torchrun starts its workers in sessions of their own, so signalling our process group is not enough:
         # every descendant, found before the signals, gets them too.
-        processes = process_tree(pid)
+        processes = process_tree(pid) if pid is not None else []
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            processes += [p for p in process_tree(pid) if p not in processes]
+            processes += [p for p in (process_tree(pid) if pid is not None else []) if p not in processes]
             for process in processes:
                 with contextlib.suppress(psutil.Error):
                     process.send_signal(sig)

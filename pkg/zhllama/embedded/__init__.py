@@ -18,6 +18,7 @@ versions give the same bytes, so manifests, block caches and finished runs stay 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -27,17 +28,27 @@ from zhllama.errors import UserError
 from zhllama.store import ArtifactStore
 
 
+def builders_version() -> str:
+    """A digest of the builders' code: an upgrade that changes what they build rebuilds the artifacts."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def materialize(name: str, store: ArtifactStore) -> str:
-    """The store key of embedded artifact `name`, building and publishing it on first use."""
+    """The store key of embedded artifact `name`, building and publishing it on first use (or after an upgrade)."""
     if name not in BUILDERS:
         raise UserError(f"embedded://{name} is unknown; known: {', '.join(sorted(BUILDERS))}")
     key = f"embedded/{name}"
-    if store.is_complete(key):
+    version = builders_version()
+    if store.is_complete(key) and store.read_manifest(key).get("builders_version") == version:
         return key
     with tempfile.TemporaryDirectory(prefix=f"zhllama-embedded-{name}-") as tmp:
         BUILDERS[name](Path(tmp))
-        if not store.is_complete(key):  # another rank may have published it meanwhile
-            store.publish_dir(Path(tmp), key, extra={"embedded": name})
+        # Another rank may have published it meanwhile.
+        if not (store.is_complete(key) and store.read_manifest(key).get("builders_version") == version):
+            store.publish_dir(Path(tmp), key, extra={"embedded": name, "builders_version": version})
     return key
 
 
