@@ -93,7 +93,7 @@ def pipeline(tmp_path: Path) -> tuple[DirStore, PipelineSpec, list[tuple[str, St
     spec = resolve_spec("pipeline", size="tiny", run_id="demo", values={"store": store.root_uri})
     assert isinstance(spec, PipelineSpec)
     steps = plan(spec)
-    evals = {"eval-base": eval_report(40.0, 0.10, 0.20, "base says ###"),
+    evals = {"eval-base": eval_report(40.0, 0.10, 0.20, "base says ###\n```python\nprint(1)\n```"),
              "eval-pretrain": eval_report(24.0, 0.30, 0.25, "pretrain says 北京"),
              "eval-sft": eval_report(22.0, 0.85, 0.70, "北京是中国的首都。")}
     for index, (step, step_spec) in enumerate(steps):
@@ -145,6 +145,8 @@ def test_report_shows_every_stage_and_the_improvement(pipeline: tuple[DirStore, 
     assert "| Q4_K | – | – | – | – | – | skipped: K-quants are made only" in report
     assert "temperature 0.2, top_k 40, top_p 0.9, repetition_penalty 1.1" in report
     assert report.index("base says ###") < report.index("北京是中国的首都。")
+    # A generation with its own ``` fence stays inside a longer one instead of ending it.
+    assert "````text\nbase says ###\n```python\nprint(1)\n```\n````" in report
     assert "## Not available" not in report
     for figure in ("loss.png", "perplexity-1.png", "tasks.png"):
         assert f"]({figure})" in report

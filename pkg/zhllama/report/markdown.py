@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ def change(before: float, after: float) -> str:
 
 
 def fence(text: str) -> list[str]:
-    return ["```text", text.rstrip("\n"), "```"]
+    """A code block that holds `text` verbatim, even when the model wrote ``` fences of its own."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    marker = "`" * max(3, longest + 1)
+    return [f"{marker}text", text.rstrip("\n"), marker]
 
 
 def steps_table(results: PipelineResults) -> list[str]:
