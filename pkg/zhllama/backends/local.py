@@ -105,7 +105,7 @@ class LocalBackend:
         exit_file = run_dir / "exit_code"
         wrapper = f"{shlex.join(command)}; echo $? > {shlex.quote(str(exit_file))}"
         log = open(run_dir / "job.log", "ab")
-        log.write(f"--- {now()} {shlex.join(command)}\n".encode())
+        log.write(f"\n--- {now()} {shlex.join(command)}\n".encode())
         log.flush()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ZHLLAMA_RUN_ID": spec.run_id}
         process = subprocess.Popen(
