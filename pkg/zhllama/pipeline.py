@@ -8,6 +8,8 @@ was interrupted (training resumes from its newest checkpoint).
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -106,6 +108,8 @@ def run_pipeline(
                 "stage": "pipeline",
                 "state": pipeline_state,
                 "updated": now(),
+                # Who drives the pipeline, so `ctl status` can tell a stopped driver from a running one.
+                "driver": {"host": socket.gethostname(), "pid": os.getpid()},
                 **{k: v for k, v in fields.items() if k in ("reason", "message")},
             },
         )

@@ -115,3 +115,24 @@ def test_a_killed_run_is_reported_failed_not_running(backend: LocalBackend, monk
     final = backend.status("killed")
     assert (final.state, final.reason) == ("Failed", "Killed")
     assert "resume" in final.message
+
+
+def test_a_pipeline_whose_driver_stopped_is_not_reported_running(backend: LocalBackend) -> None:
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    record = {
+        "run_id": "pipe",
+        "stage": "pipeline",
+        "state": "Running",
+        "driver": {"host": socket.gethostname(), "pid": gone.pid},
+    }
+    backend.store.write_json("runs/pipe/status.json", record)
+    final = backend.status("pipe")
+    assert (final.state, final.reason) == ("Failed", "Interrupted")
+    backend.store.write_json(
+        "runs/pipe/status.json", {**record, "driver": {"host": socket.gethostname(), "pid": os.getpid()}}
+    )
+    assert backend.status("pipe").state == "Running"

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,7 +148,10 @@ class LocalBackend:
         state = stored.get("state", "Unknown")
         reason, message = stored.get("reason", ""), stored.get("message", "")
         run_dir = self._dir(run_id)
-        if (run_dir / "cancelled").exists():
+        if state == "Running" and not driver_alive(stored.get("driver")):
+            state, reason = "Failed", "Interrupted"
+            message = "the ctl driving this pipeline stopped; run the same command again to resume"
+        elif (run_dir / "cancelled").exists():
             state, reason, message = "Cancelled", "Cancelled", "stopped by ctl cancel"
         elif state in ("Pending", "Running") and not self._alive(run_id) and (run_dir / "process.json").exists():
             code = _read_exit_code(run_dir)
@@ -248,6 +252,16 @@ class LocalBackend:
         if stored is None:
             raise UserError(f"no run {run_id!r} in {self.store.root_uri}")
         return spec_from_json(stored)
+
+
+def driver_alive(driver: dict | None) -> bool:
+    """False only when the recorded driver ran on this host and its process is gone."""
+    if not driver or driver.get("host") != socket.gethostname():
+        return True
+    try:
+        return psutil.Process(int(driver["pid"])).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return False
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
