@@ -79,8 +79,7 @@ class RunContext:
     def input(self, uri: str) -> Path:
         """A verified local path for an input URI (a file or a directory)."""
         if uri not in self._inputs:
-            self._inputs[uri] = fetch_input(uri, self.store, self.workdir / "inputs")
-            digest = input_digest(uri, self.store)
+            self._inputs[uri], digest = fetch_input(uri, self.store, self.workdir / "inputs")
             if digest is not None:
                 self._input_digests[uri] = digest
         return self._inputs[uri]
@@ -123,20 +122,24 @@ class RunContext:
         self.store.write_json(self.key("status.json"), status)
 
 
-def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> Path:
-    """Resolve an input URI: artifacts are verified against their manifest; plain files are used as they are."""
+def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> tuple[Path, str | None]:
+    """Resolve an input URI to a local path, and the sha256 of its artifact's manifest (None for plain files).
+
+    Artifacts are verified against their manifest; plain files are used as they are.
+    """
     store, key = locate(uri, run_store)
     artifact, inside = enclosing_artifact(store, key)
     if artifact is not None:
+        digest = hashlib.sha256(store.read_bytes(join_key(artifact, MANIFEST))).hexdigest()
         root = store.fetch_dir(artifact)
-        return root / inside if inside else root
+        return (root / inside if inside else root), digest
     if uri.startswith("run://") or "/outputs/" in f"/{key}/":
         raise ArtifactError(f"{uri} is incomplete or missing: no manifest.json; run the stage that writes it first")
     if isinstance(store, DirStore):
         path = store.path(key)
         if not path.exists():
             raise UserError(f"input {uri} does not exist; check the path")
-        return path
+        return path, None
     keys = store.list_keys(key) or ([key] if store.exists(key) else [])
     if not keys:
         raise UserError(f"input {uri} does not exist; check the bucket and key")
@@ -147,7 +150,7 @@ def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> Path:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             store._get_file(object_key, target, progress=True)
-    return dest / Path(key).name if keys == [key] else dest
+    return (dest / Path(key).name if keys == [key] else dest), None
 
 
 def input_digest(uri: str, run_store: ArtifactStore) -> str | None:

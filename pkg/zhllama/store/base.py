@@ -6,6 +6,7 @@ Backends implement a handful of object operations (`_put_file`, `_get_file`, ...
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -159,8 +160,6 @@ def check_file(path: Path, meta: dict[str, Any], uri: str) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
