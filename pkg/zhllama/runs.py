@@ -79,10 +79,14 @@ class RunContext:
     def input(self, uri: str) -> Path:
         """A verified local path for an input URI (a file or a directory)."""
         if uri not in self._inputs:
-            self._inputs[uri], digest = fetch_input(uri, self.store, self.workdir / "inputs")
+            self._inputs[uri], digest = fetch_input(uri, self.store)
             if digest is not None:
                 self._input_digests[uri] = digest
         return self._inputs[uri]
+
+    def fingerprint(self, uri: str) -> str:
+        """The input's content identity without downloading it (see input_fingerprint)."""
+        return input_fingerprint(uri, self.store)
 
     def output_dir(self, name: str) -> Path:
         """The local staging directory of output `name`, emptied on first use (a failed attempt leaves files)."""
@@ -122,15 +126,16 @@ class RunContext:
         self.store.write_json(self.key("status.json"), status)
 
 
-def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> tuple[Path, str | None]:
+def fetch_input(uri: str, run_store: ArtifactStore) -> tuple[Path, str | None]:
     """Resolve an input URI to a local path, and the sha256 of its artifact's manifest (None for plain files).
 
-    Artifacts are verified against their manifest; plain files are used as they are.
+    Artifacts are verified against their manifest; plain files are used as they are. Remote inputs land in the
+    node cache, once per node whatever the number of processes asking.
     """
     store, key = locate(uri, run_store)
     artifact, inside = enclosing_artifact(store, key)
     if artifact is not None:
-        digest = hashlib.sha256(store.read_bytes(join_key(artifact, MANIFEST))).hexdigest()
+        digest = manifest_digest(store, artifact)
         root = store.fetch_dir(artifact)
         return (root / inside if inside else root), digest
     if uri.startswith("run://") or "/outputs/" in f"/{key}/":
@@ -140,17 +145,11 @@ def fetch_input(uri: str, run_store: ArtifactStore, scratch: Path) -> tuple[Path
         if not path.exists():
             raise UserError(f"input {uri} does not exist; check the path")
         return path, None
-    keys = store.list_keys(key) or ([key] if store.exists(key) else [])
-    if not keys:
-        raise UserError(f"input {uri} does not exist; check the bucket and key")
-    dest = scratch / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    for object_key in keys:
-        relative = object_key[len(key) :].lstrip("/") or Path(key).name
-        target = dest / relative
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            store._get_file(object_key, target, progress=True)
-    return (dest / Path(key).name if keys == [key] else dest), None
+    return store.fetch_objects(key), None
+
+
+def manifest_digest(store: ArtifactStore, artifact: str) -> str:
+    return hashlib.sha256(store.read_bytes(join_key(artifact, MANIFEST))).hexdigest()
 
 
 def input_digest(uri: str, run_store: ArtifactStore) -> str | None:
@@ -159,7 +158,21 @@ def input_digest(uri: str, run_store: ArtifactStore) -> str | None:
     artifact, _ = enclosing_artifact(store, key)
     if artifact is None:
         return None
-    return hashlib.sha256(store.read_bytes(join_key(artifact, MANIFEST))).hexdigest()
+    return manifest_digest(store, artifact)
+
+
+def input_fingerprint(uri: str, run_store: ArtifactStore) -> str:
+    """What an input holds, known without downloading it: its artifact's manifest digest and the path inside,
+    or its plain objects' sizes and versions (ETag, or mtime on disk). Cache keys are built from these, so no
+    process re-hashes a 100 GB corpus to find out that it has not changed."""
+    store, key = locate(uri, run_store)
+    artifact, inside = enclosing_artifact(store, key)
+    if artifact is not None:
+        return f"{manifest_digest(store, artifact)}/{inside}"
+    versions = store.object_versions(key)
+    if not versions:
+        raise UserError(f"input {uri} does not exist; check the path, or the bucket and key")
+    return hashlib.sha256(json.dumps(sorted(versions.items())).encode()).hexdigest()
 
 
 def changed_inputs(store: ArtifactStore, run_id: str, outputs: tuple[str, ...]) -> list[str]:

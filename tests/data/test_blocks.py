@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from zhllama.data import blocks_key, build_blocks, fingerprint_files, iter_documents, list_data_files, load_blocks
+from zhllama.data import blocks_key, build_blocks, iter_documents, list_data_files, load_blocks
 from zhllama.errors import UserError
+from zhllama.runs import input_fingerprint
+from zhllama.store import DirStore
 
 EOS = 1
 
@@ -57,13 +59,14 @@ def test_blocks_join_documents_with_eos_and_drop_the_tail(corpus: Path, tmp_path
 
 
 def test_cache_key_follows_tokenizer_data_and_block_size(corpus: Path, tmp_path: Path) -> None:
-    files = list_data_files([corpus])
-    data = fingerprint_files(files)
-    assert blocks_key("tok", data, 5) == blocks_key("tok", data, 5)
+    store = DirStore(tmp_path / "store")
+    (corpus / "manifest.json").unlink()  # plain files: fingerprinted by size and mtime, not by a manifest
+    data = input_fingerprint(f"file://{corpus}", store)
+    assert input_fingerprint(f"file://{corpus}", store) == data
     assert blocks_key("tok", data, 5) != blocks_key("tok", data, 6)
     assert blocks_key("tok", data, 5) != blocks_key("other", data, 5)
     (corpus / "a.txt").write_text("改了\n", encoding="utf-8")
-    assert fingerprint_files(files) != data
+    assert input_fingerprint(f"file://{corpus}", store) != data
 
 
 def test_an_empty_corpus_is_a_one_line_error(tmp_path: Path) -> None:

@@ -129,3 +129,20 @@ def test_a_broken_sft_line_fails_with_file_and_line(tiny: dict[str, Path], tmp_p
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:65: not valid JSON")
     assert not DirStore(tmp_path / "store").exists("runs/badsft/outputs")
     assert json.loads(bad.read_text().splitlines()[0])["instruction"]
+
+
+@pytest.mark.slow
+def test_resuming_zero_partitions_at_another_world_size_is_refused_in_one_line(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = write_spec(tiny, tmp_path, "resize", zero_stage=2, max_steps=4, checkpoint_every=2,
+                      data=[f"file://{tiny['small_corpus']}"])
+    _ok(run_job(spec, tmp_path, nproc=2))
+    store = DirStore(tmp_path / "store")
+    store.delete_prefix("runs/resize/outputs")  # as if the run had been killed after its step-2 checkpoint
+    result = run_job(spec, tmp_path, nproc=1)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: checkpoint step-2 holds ZeRO-2 partitions of 2 ranks but this run has 1: resume with 2 ranks "
+        "(resources.nodes x nproc_per_node), or use a new run id to start over")
+    assert not store.exists("runs/resize/outputs")

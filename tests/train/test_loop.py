@@ -113,7 +113,7 @@ def test_train_writes_an_adapter_peft_loads_on_the_resized_base(
 def test_resuming_with_another_tokenizer_is_refused(tiny: dict[str, Path], blocks: BlockData, tmp_path: Path) -> None:
     store = DirStore(tmp_path / "store")
     env = init_distributed(False)
-    checkpoints = Checkpoints(store, "runs/t/checkpoints", env, tmp_path / "scratch", keep=2)
+    checkpoints = Checkpoints(store, "runs/t/checkpoints", env, tmp_path / "scratch", keep=2, timeout_s=60)
     spec = spec_for(tiny, max_steps=3, checkpoint_every=2)
     train(spec, base_model_dir=tiny["base"], tokenizer_dir=tiny["zh_tokenizer"], dataset=blocks,
           output_dir=tmp_path / "out", metrics_dir=tmp_path / "m", checkpoints=checkpoints)

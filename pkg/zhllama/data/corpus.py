@@ -1,8 +1,7 @@
-"""Pretraining text: which files a data URI holds, the documents inside them, and a content fingerprint."""
+"""Pretraining text: which files a data URI holds, and the documents inside them."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,24 +54,3 @@ def iter_documents(path: Path) -> Iterator[str]:
                 raise UserError(f"{path}:{number}: a pretraining record needs a string field `text`")
             if document.strip():
                 yield document
-
-
-def fingerprint_files(files: Sequence[Path]) -> str:
-    """sha256 over the files' contents in order: the same corpus gives the same key on every machine and rank."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.suffix.encode())
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def fingerprint_dir(directory: Path) -> str:
-    """sha256 over every file of a directory (names and contents), the store's manifest excluded."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()

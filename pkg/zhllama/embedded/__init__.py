@@ -25,7 +25,7 @@ from pathlib import Path
 from zhllama.embedded import instructions, models, peoples_daily  # noqa: F401  (they register the builders)
 from zhllama.embedded.registry import BUILDERS, package_file
 from zhllama.errors import UserError
-from zhllama.store import ArtifactStore
+from zhllama.store import ArtifactStore, node_lock
 
 
 def builders_version() -> str:
@@ -44,11 +44,12 @@ def materialize(name: str, store: ArtifactStore) -> str:
     version = builders_version()
     if store.is_complete(key) and store.read_manifest(key).get("builders_version") == version:
         return key
-    with tempfile.TemporaryDirectory(prefix=f"zhllama-embedded-{name}-") as tmp:
+    # One build per node; another node may still race this one, and both publish the same bytes.
+    with node_lock(f"embedded:{store.uri(key)}"), tempfile.TemporaryDirectory(prefix="zhllama-embedded-") as tmp:
+        if store.is_complete(key) and store.read_manifest(key).get("builders_version") == version:
+            return key
         BUILDERS[name](Path(tmp))
-        # Another rank may have published it meanwhile.
-        if not (store.is_complete(key) and store.read_manifest(key).get("builders_version") == version):
-            store.publish_dir(Path(tmp), key, extra={"embedded": name, "builders_version": version})
+        store.publish_dir(Path(tmp), key, extra={"embedded": name, "builders_version": version})
     return key
 
 

@@ -46,6 +46,8 @@ class Resources(Spec):
     """CPU request per pod (Kubernetes quantity)."""
     memory: str = "16Gi"
     """Memory request and limit per pod (Kubernetes quantity)."""
+    gpu_memory_gib: float = Field(80, gt=0)
+    """Memory of one GPU in GiB (80 for A100/H100 80GB): the training memory plan must fit in it."""
 
     @property
     def procs_per_node(self) -> int:
@@ -224,6 +226,11 @@ class TrainSpec(StageSpec):
     """SFT: count malformed records in the report instead of failing."""
     tokenize_workers: int = Field(2, ge=1)
     """Processes that tokenize the corpus."""
+    process_group_timeout_s: int = Field(3600, ge=60)
+    """Seconds a collective may wait for the slowest rank before the job fails (torch.distributed's timeout; NCCL's
+    default is 600). It must cover the spread between pods finishing their input downloads (the first collective
+    is the rendezvous after them) and a local checkpoint write. Tokenization, downloads and checkpoint uploads
+    never run while another rank waits in a collective. The reference passes --ddp_timeout 30000."""
 
     input_fields: ClassVar[tuple[str, ...]] = ("base_model", "base_adapters", "tokenizer", "data")
     outputs: ClassVar[tuple[str, ...]] = ("adapter",)

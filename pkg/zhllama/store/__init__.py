@@ -17,6 +17,7 @@ from zhllama.errors import UserError
 from zhllama.store.base import ArtifactStore, join_key, safe_local_path
 from zhllama.store.directory import DirStore
 from zhllama.store.manifest import MANIFEST, code_version, sha256_file
+from zhllama.store.node_cache import local_cache_dir, node_lock
 
 
 def open_store(root_uri: str) -> ArtifactStore:
@@ -58,7 +59,9 @@ __all__ = [
     "DirStore",
     "code_version",
     "join_key",
+    "local_cache_dir",
     "locate",
+    "node_lock",
     "open_store",
     "safe_local_path",
     "sha256_file",

@@ -12,11 +12,15 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from zhllama.errors import ArtifactError
+from zhllama.errors import ArtifactError, UserError
 from zhllama.store.manifest import MANIFEST, build_manifest, list_files, manifest_bytes, sha256_file
+from zhllama.store.node_cache import local_cache_dir, node_lock
+
+COMPLETE_MARK = ".complete"
 
 
 def safe_local_path(dest: Path, key: str) -> Path:
@@ -69,6 +73,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
+    @abstractmethod
+    def object_versions(self, key: str) -> dict[str, str]:
+        """The object `key`, or every object under `key/`, each with a version ("size:etag" or "size:mtime")."""
+
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
 
@@ -104,23 +112,68 @@ class ArtifactStore(ABC):
         inputs: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         progress: bool = True,
+        before_manifest: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Upload `local_dir` as the artifact `key`: stale objects removed, files first, the manifest last."""
+        """Upload `local_dir` as the artifact `key`: stale objects removed, files first, the manifest last.
+
+        `before_manifest` runs after the files are up and before the manifest makes the artifact complete (a
+        checkpoint's rank 0 waits there for the other ranks' shares).
+        """
         manifest = build_manifest(local_dir, spec=spec, inputs=inputs, extra=extra)
         self.delete_prefix(key)
         for rel in manifest["files"]:
             self._put_file(local_dir / rel, join_key(key, rel), progress=progress)
+        if before_manifest is not None:
+            before_manifest()
         self.write_bytes(join_key(key, MANIFEST), manifest_bytes(manifest))
         return manifest
 
     def fetch_dir(self, key: str, dest: Path | None = None, *, progress: bool = True) -> Path:
-        """A verified local copy of the artifact `key` (in `dest`, or a cache directory keyed by its manifest)."""
+        """A verified local copy of the artifact `key`: in `dest`, or in the node cache (keyed by the manifest's
+        digest, downloaded once per node whatever the number of processes asking)."""
         manifest = self.read_manifest(key)
+        if dest is not None:
+            return self._download(key, manifest, dest, progress)
+        cached = local_cache_dir() / sha256_bytes(manifest_bytes(manifest))
+        if not (cached / MANIFEST).exists():
+            with node_lock(str(cached)):
+                if not (cached / MANIFEST).exists():
+                    self._download(key, manifest, cached, progress)
+        return cached
+
+    def fetch_objects(self, key: str) -> Path:
+        """A local copy of plain objects (no manifest): the object `key`, or the directory of those under it.
+
+        Cached per node by the objects' versions, so a changed object is fetched again and an unchanged one once.
+        """
+        versions = self.object_versions(key)
+        if not versions:
+            raise UserError(f"input {self.uri(key)} does not exist; check the bucket and key")
+        single = list(versions) == [key]
+        digest = hashlib.sha256(json.dumps([self.uri(key), sorted(versions.items())]).encode()).hexdigest()
+        cached = local_cache_dir("objects") / digest[:32]
+        if not (cached / COMPLETE_MARK).exists():
+            with node_lock(str(cached)):
+                if not (cached / COMPLETE_MARK).exists():
+                    self._download_objects(key, list(versions), cached)
+        return cached / Path(key).name if single else cached
+
+    def _download_objects(self, key: str, keys: list[str], dest: Path) -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
+        try:
+            for object_key in keys:
+                relative = object_key[len(key) :].lstrip("/") or Path(key).name
+                target = safe_local_path(staging, relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._get_file(object_key, target, progress=True)
+            (staging / COMPLETE_MARK).touch()
+            os.replace(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _download(self, key: str, manifest: dict[str, Any], dest: Path, progress: bool) -> Path:
         files: dict[str, dict[str, Any]] = manifest.get("files", {})
-        if dest is None:
-            dest = local_cache_dir() / sha256_bytes(manifest_bytes(manifest))
-            if dest.is_dir() and (dest / MANIFEST).exists():
-                return dest
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest))
         try:
@@ -161,12 +214,6 @@ def check_file(path: Path, meta: dict[str, Any], uri: str) -> None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def local_cache_dir() -> Path:
-    root = Path(os.environ.get("ZHLLAMA_CACHE", Path.home() / ".cache" / "zhllama")) / "artifacts"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 __all__ = ["ArtifactStore", "check_file", "join_key", "list_files", "safe_local_path"]

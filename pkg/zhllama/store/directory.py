@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ class DirStore(ArtifactStore):
             return []
         return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
+    def object_versions(self, key: str) -> dict[str, str]:
+        path = self.path(key)
+        if path.is_file():
+            return {key: _version(path)}
+        return {k: _version(self.path(k)) for k in self.list_keys(key)}
+
     def delete_prefix(self, prefix: str) -> None:
         target = self.path(prefix)
         if target.is_dir():
@@ -75,6 +82,7 @@ class DirStore(ArtifactStore):
         inputs: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         progress: bool = True,
+        before_manifest: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Copy into a hidden sibling, write the manifest, then rename into place: readers never see a half."""
         manifest = build_manifest(local_dir, spec=spec, inputs=inputs, extra=extra)
@@ -86,6 +94,8 @@ class DirStore(ArtifactStore):
                 dest = safe_local_path(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(local_dir / rel, dest)
+            if before_manifest is not None:
+                before_manifest()
             (staging / MANIFEST).write_bytes(manifest_bytes(manifest))
             if target.exists():
                 shutil.rmtree(target)
@@ -102,3 +112,8 @@ class DirStore(ArtifactStore):
         for rel, meta in manifest.get("files", {}).items():
             check_file(self.path(join_key(key, rel)), meta, self.uri(join_key(key, rel)))
         return self.path(key)
+
+
+def _version(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"

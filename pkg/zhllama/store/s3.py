@@ -100,16 +100,30 @@ class S3Store(ArtifactStore):
             raise ArtifactError(f"cannot read {self.uri(key)}: {err}") from None
         return True
 
-    def list_keys(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix/` with its version (size and ETag)."""
         full = self._key(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
-        keys: list[str] = []
+        found: dict[str, str] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
-                    keys.append(item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"])
+                    key = item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"]
+                    found[key] = f"{item['Size']}:{item.get('ETag', '').strip(chr(34))}"
         except ClientError as err:
             raise ArtifactError(f"cannot list {self.uri(prefix)}: {err}") from None
-        return sorted(keys)
+        return found
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self._list(prefix))
+
+    def object_versions(self, key: str) -> dict[str, str]:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return {key: f"{head['ContentLength']}:{head.get('ETag', '').strip(chr(34))}"}
+        except ClientError as err:
+            if not _not_found(err):
+                raise ArtifactError(f"cannot read {self.uri(key)}: {err}") from None
+        return dict(sorted(self._list(key).items()))
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix).rstrip("/") + "/"

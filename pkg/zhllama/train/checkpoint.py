@@ -1,8 +1,18 @@
 """Checkpoints in the store, so a killed job continues exactly where it stopped.
 
-Layout: <prefix>/step-<n>/rank-<r>/ is one artifact per rank (its engine share and its RNG states). Rank 0
-publishes its part last, after every other rank has published, and its trainer_state.json names the world size:
-a step is complete when rank-0 and every rank it names have a manifest. Only the newest `keep` are kept.
+Layout: <prefix>/step-<n>/rank-<r>/ is one artifact per rank. It holds what only that rank has: its RNG states,
+and its engine share (DDP: rank 0 alone writes the trained weights and optimizer, every other rank holds the
+same; ZeRO: each rank its own partition). Rank 0 publishes its manifest last, after every other rank's share
+is complete, and its trainer_state.json names the world size: a step is complete when rank-0 and every rank
+it names have a manifest. Only the newest `keep` are kept.
+
+Ordering rules:
+- A save writes locally (DeepSpeed's save is collective, and bounded by local disk speed), then uploads in a
+  background thread while training goes on: no rank waits in a collective for an upload. The next save, and
+  the end of training, wait for the previous upload first.
+- On resume every rank fetches only the shares it loads, into the node cache: each object once per pod.
+- Before training resumes, rank 0 removes steps newer than the one resumed (debris of the killed attempt), so a
+  stale share can never complete a new step.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import json
 import random
 import re
 import shutil
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from zhllama.errors import UserError
 from zhllama.store import ArtifactStore, join_key
-from zhllama.train.distributed import DistEnv, barrier
+from zhllama.train.distributed import DistEnv, wait_for
 from zhllama.train.engine import Engine
 
 STATE_FILE = "trainer_state.json"
@@ -58,12 +70,16 @@ def restore_rng(state: dict[str, Any]) -> None:
 class Checkpoints:
     """The checkpoints of one run under `prefix` (runs/<id>/checkpoints) in the store."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, env: DistEnv, scratch: Path, keep: int) -> None:
+    def __init__(self, store: ArtifactStore, prefix: str, env: DistEnv, scratch: Path, keep: int,
+                 timeout_s: float) -> None:
         self.store = store
         self.prefix = prefix
         self.env = env
         self.scratch = scratch
         self.keep = keep
+        self.timeout_s = timeout_s
+        self._upload: threading.Thread | None = None
+        self._upload_error: BaseException | None = None
 
     def _key(self, step: int, rank: int) -> str:
         return join_key(self.prefix, f"step-{step}", f"rank-{rank}")
@@ -83,9 +99,12 @@ class Checkpoints:
         complete = [s for s in self.steps() if self.is_complete(s)]
         return complete[-1] if complete else None
 
+    # -- saving ----------------------------------------------------------------------------------------------
+
     def save(self, step: int, state: TrainerState, engine: Engine, extra_main: Path | None = None) -> None:
-        """Every rank writes and publishes its share; rank 0 publishes last, then prunes old checkpoints."""
-        local = self.scratch / f"save-rank-{self.env.rank}"
+        """Write this rank's share locally, then upload it in the background (rank 0's manifest last)."""
+        self.wait()
+        local = self.scratch / f"save-step-{step}-rank-{self.env.rank}"
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
         engine.save(local)
@@ -94,15 +113,36 @@ class Checkpoints:
             (local / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
             if extra_main is not None:
                 shutil.copytree(extra_main, local / extra_main.name)
-        barrier(self.env)  # DeepSpeed's save is collective; every share exists before anyone publishes
-        if not self.env.is_main:
-            self.store.publish_dir(local, self._key(step, self.env.rank), progress=False)
-        barrier(self.env)
-        if self.env.is_main:
-            self.store.publish_dir(local, self._key(step, 0), extra={"checkpoint_step": step}, progress=False)
+        self._upload = threading.Thread(target=self._publish, args=(step, local), name=f"upload-step-{step}",
+                                        daemon=True)
+        self._upload.start()
+
+    def _publish(self, step: int, local: Path) -> None:
+        try:
+            if not self.env.is_main:
+                self.store.publish_dir(local, self._key(step, self.env.rank), progress=False)
+                return
+            others = [self._key(step, r) for r in range(1, self.env.world_size)]
+            self.store.publish_dir(
+                local, self._key(step, 0), extra={"checkpoint_step": step}, progress=False,
+                before_manifest=lambda: wait_for(lambda: all(self.store.is_complete(k) for k in others),
+                                                 f"the other ranks' shares of checkpoint step-{step}",
+                                                 self.timeout_s),
+            )
             self._prune(step)
-        barrier(self.env)
-        shutil.rmtree(local, ignore_errors=True)
+        except BaseException as err:  # re-raised in the training thread by wait()
+            self._upload_error = err
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def wait(self) -> None:
+        """Block until the running upload is done; raise its error, if any."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        if self._upload_error is not None:
+            error, self._upload_error = self._upload_error, None
+            raise error
 
     def _prune(self, newest: int) -> None:
         complete = [s for s in self.steps() if s <= newest and self.is_complete(s)]
@@ -111,19 +151,41 @@ class Checkpoints:
             if step < newest and step not in keep:
                 self.store.delete_prefix(join_key(self.prefix, f"step-{step}"))
 
+    # -- resuming --------------------------------------------------------------------------------------------
+
     def read_state(self, step: int) -> TrainerState:
         return TrainerState(**self.store.read_json(join_key(self._key(step, 0), STATE_FILE)))
 
+    def check_world_size(self, state: TrainerState, engine: Engine) -> None:
+        """Partitioned state resumes only at the world size that wrote it: refused before training starts."""
+        if state.world_size != self.env.world_size and engine.partitioned:
+            raise UserError(
+                f"checkpoint step-{state.step} holds ZeRO-{state.zero_stage} partitions of {state.world_size} "
+                f"ranks but this run has {self.env.world_size}: resume with {state.world_size} ranks "
+                "(resources.nodes x nproc_per_node), or use a new run id to start over"
+            )
+        if state.world_size != self.env.world_size and self.env.is_main:
+            print(f"resuming step-{state.step} of {state.world_size} ranks on {self.env.world_size}: the global "
+                  "batch changes with the world size", flush=True)
+
     def load(self, step: int, engine: Engine) -> tuple[TrainerState, Path]:
-        """Restore the engine (from every rank's share) and this rank's RNG states; also rank 0's local share."""
+        """Restore the engine and this rank's RNG states; returns the state and rank 0's share (node cache)."""
         state = self.read_state(step)
-        local = self.scratch / f"load-step-{step}-rank-{self.env.rank}"
-        shutil.rmtree(local, ignore_errors=True)
-        shares = [
-            self.store.fetch_dir(self._key(step, rank), local / f"rank-{rank}", progress=False)
-            for rank in range(state.world_size)
-        ]
-        engine.load(shares)
-        own = shares[self.env.rank] if self.env.rank < len(shares) else shares[0]
-        restore_rng(torch.load(own / RNG_FILE, weights_only=False))
+        self.check_world_size(state, engine)
+        own = self.env.rank if self.env.rank < state.world_size else None
+        needed = sorted(set(engine.shares_to_load(self.env.rank, state.world_size)) | {0} | (
+            {own} if own is not None else set()))
+        shares = {rank: self.store.fetch_dir(self._key(step, rank), progress=False) for rank in needed}
+        engine.load(shares, self.scratch / f"load-step-{step}-rank-{self.env.rank}")
+        if own is not None:
+            restore_rng(torch.load(shares[own] / RNG_FILE, weights_only=False))
+        else:  # a rank the saved run did not have (DDP at a larger world size): fresh, reproducible streams
+            torch.manual_seed(1_000_003 * step + self.env.rank)
+        if self.env.is_main:
+            self._discard_after(step)
         return state, shares[0]
+
+    def _discard_after(self, step: int) -> None:
+        for newer in self.steps():
+            if newer > step:
+                self.store.delete_prefix(join_key(self.prefix, f"step-{newer}"))

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from zhllama.errors import UserError
+from zhllama.spec import TrainSpec
 
-T = TypeVar("T")
+DEFAULT_TIMEOUT_S: int = TrainSpec.model_fields["process_group_timeout_s"].default
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class DistEnv:
     world_size: int
     local_world_size: int
     device: torch.device
+    node_rank: int = 0
+    """The pod's index (torchrun's GROUP_RANK): node 0 builds what every node then fetches."""
 
     @property
     def is_main(self) -> bool:
@@ -39,12 +42,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def init_distributed(needs_process_group: bool) -> DistEnv:
-    """Read torchrun's environment; start the process group when there are several ranks or DeepSpeed needs one."""
+def process_env() -> DistEnv:
+    """Who this process is, from torchrun's environment; picks its device. Starts no process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    node_rank = int(os.environ.get("GROUP_RANK", str(rank // max(1, local_world))))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -52,12 +56,29 @@ def init_distributed(needs_process_group: bool) -> DistEnv:
         # Share the cores out between the ranks on this node (an explicit OMP_NUM_THREADS wins).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // max(1, local_world)))
-    if (world > 1 or needs_process_group) and not dist.is_initialized():
-        for name, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(name, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank, local_rank, world, local_world, device)
+    return DistEnv(rank, local_rank, world, local_world, device, node_rank)
+
+
+def start_process_group(env: DistEnv, *, needed: bool, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """Join the process group when there are several ranks or DeepSpeed needs one.
+
+    `timeout_s` bounds every collective, this first rendezvous included: it must cover the spread between the
+    pods finishing their downloads. Nothing after it waits in a collective on I/O of unbounded length.
+    """
+    if not (env.world_size > 1 or needed) or dist.is_initialized():
+        return
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def init_distributed(needs_process_group: bool, timeout_s: int = DEFAULT_TIMEOUT_S) -> DistEnv:
+    """process_env, then start_process_group: for callers that have nothing to fetch first."""
+    env = process_env()
+    start_process_group(env, needed=needs_process_group, timeout_s=timeout_s)
+    return env
 
 
 def barrier(env: DistEnv) -> None:
@@ -65,28 +86,19 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def main_first(env: DistEnv, work: Callable[[], T], then: Callable[[], T]) -> T:
-    """Rank 0 runs `work` (e.g. builds and publishes a cache); the others run `then` after it succeeded.
-
-    A UserError on rank 0 is re-raised on every rank, so no rank waits forever for a cache that never comes.
-    """
-    result: T | None = None
-    failure = [""]
-    if env.is_main:
-        try:
-            result = work()
-        except UserError as err:
-            failure = [str(err)]
-            if not env.distributed:
-                raise
-    if env.distributed:
-        dist.broadcast_object_list(failure, src=0)
-    if failure[0]:
-        raise UserError(failure[0])
-    if env.is_main:
-        assert result is not None
-        return result
-    return then()
+def wait_for(ready: Callable[[], bool], what: str, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Poll `ready` until it holds; a one-line error after `timeout_s`. Used instead of a collective where the
+    wait is for I/O or CPU work of unbounded length (another node's build, another rank's upload)."""
+    started = time.monotonic()
+    announced = started
+    while not ready():
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise TimeoutError(f"waited {waited:.0f} s for {what}; it did not come (see the other pods' logs)")
+        if time.monotonic() - announced >= 60:
+            print(f"still waiting for {what} ({waited:.0f} s)", flush=True)
+            announced = time.monotonic()
+        time.sleep(min(poll_s * (1 + waited / 30), 15.0))
 
 
 def all_ranks_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:

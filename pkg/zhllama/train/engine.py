@@ -8,6 +8,7 @@ between logging steps.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +23,7 @@ from zhllama.train.distributed import DistEnv
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEEPSPEED_TAG = "deepspeed"
+ENGINE_FILE = "engine.pt"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -79,6 +81,8 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.devic
 
 class Engine(Protocol):
     model: torch.nn.Module
+    partitioned: bool
+    """True when each rank's checkpoint share is a partition (ZeRO), so only the same world size can load it."""
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor: ...
 
@@ -89,21 +93,28 @@ class Engine(Protocol):
     def current_lr(self) -> float: ...
 
     def save(self, directory: Path) -> None:
-        """This rank's share of the training state (weights being trained, optimizer, schedule)."""
+        """What only this rank holds of the training state (weights being trained, optimizer, schedule)."""
         ...
 
-    def load(self, directories: list[Path]) -> None:
-        """Restore from every rank's saved directory of one checkpoint."""
+    def shares_to_load(self, rank: int, saved_world_size: int) -> list[int]:
+        """The saved ranks whose shares `rank` reads on resume."""
+        ...
+
+    def load(self, shares: dict[int, Path], scratch: Path) -> None:
+        """Restore from the shares `shares_to_load` named (saved rank -> local directory)."""
         ...
 
 
 class PlainEngine:
     """One process, or DDP over several: fp32 master weights, autocast for bf16/fp16, a loss scaler for fp16."""
 
+    partitioned = False
+
     def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
         self.model = model
         self.spec = spec
         self.device = env.device
+        self.is_main = env.is_main
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
@@ -140,17 +151,22 @@ class PlainEngine:
         return float(self.scheduler.get_last_lr()[0])
 
     def save(self, directory: Path) -> None:
+        # Every DDP rank holds the same state: rank 0's copy is the checkpoint, the others write nothing.
+        if not self.is_main:
+            return
         directory.mkdir(parents=True, exist_ok=True)
-        # Every DDP rank holds the same state: rank 0's copy is the checkpoint.
         trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
         torch.save(
             {"trained": trained, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
              "scaler": self.scaler.state_dict()},
-            directory / "engine.pt",
+            directory / ENGINE_FILE,
         )
 
-    def load(self, directories: list[Path]) -> None:
-        state = torch.load(directories[0] / "engine.pt", map_location=self.device, weights_only=False)
+    def shares_to_load(self, rank: int, saved_world_size: int) -> list[int]:
+        return [0]
+
+    def load(self, shares: dict[int, Path], scratch: Path) -> None:
+        state = torch.load(shares[0] / ENGINE_FILE, map_location=self.device, weights_only=False)
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["trained"].items():
@@ -185,6 +201,8 @@ def deepspeed_config(spec: TrainSpec, world_size: int, precision: str, on_gpu: b
 class DeepSpeedEngine:
     """ZeRO-2/3 through DeepSpeed, with the same torch AdamW and schedule as the plain engine."""
 
+    partitioned = True
+
     def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
         import deepspeed
 
@@ -216,19 +234,23 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True,
                                     save_latest=False)
 
-    def load(self, directories: list[Path]) -> None:
-        # ZeRO-1/2 read every rank's optimizer shard: gather them in one directory first.
-        merged = directories[0].parent / "deepspeed-merged"
-        target = merged / DEEPSPEED_TAG
-        target.mkdir(parents=True, exist_ok=True)
-        for directory in directories:
+    def shares_to_load(self, rank: int, saved_world_size: int) -> list[int]:
+        # DeepSpeed's ZeRO loader reads every rank's partition file (it re-partitions the fp32 master weights).
+        return list(range(saved_world_size))
+
+    def load(self, shares: dict[int, Path], scratch: Path) -> None:
+        # DeepSpeed wants every share in one directory: link them there from the node cache.
+        shutil.rmtree(scratch, ignore_errors=True)
+        target = scratch / DEEPSPEED_TAG
+        target.mkdir(parents=True)
+        for directory in shares.values():
             for file in (directory / DEEPSPEED_TAG).iterdir():
                 link = target / file.name
                 if not link.exists():
                     link.symlink_to(file.resolve())
-        path, _ = self.engine.load_checkpoint(str(merged), tag=DEEPSPEED_TAG, load_module_strict=False)
+        path, _ = self.engine.load_checkpoint(str(scratch), tag=DEEPSPEED_TAG, load_module_strict=False)
         if path is None:
-            raise UserError(f"checkpoint {directories[0].parent}: DeepSpeed found no state in it; delete it")
+            raise UserError(f"checkpoint shares {sorted(shares)}: DeepSpeed found no state in them; delete them")
 
 
 def build_engine(model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> Engine:

@@ -117,7 +117,7 @@ def train(
     `output_dir` receives (on rank 0) the PEFT adapter, the tokenizer files, hyperparameters.yaml and
     zhllama_adapter.json; `metrics_dir` receives metrics.jsonl and TensorBoard events.
     """
-    env = env or init_distributed(needs_process_group=spec.zero_stage > 0)
+    env = env or init_distributed(spec.zero_stage > 0, spec.process_group_timeout_s)
     precision = resolve_precision(spec.precision, env.device)
     tokenizer = load_tokenizer(tokenizer_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -184,6 +184,8 @@ def train(
                                  tokenizer_size=vocab["tokenizer_size"], zero_stage=spec.zero_stage)
             checkpoints.save(step, state, engine, extra_main=metrics_dir if env.is_main else None)
     metrics.close()
+    if checkpoints is not None:
+        checkpoints.wait()
 
     write_adapter(model, engine, spec, tokenizer, tokenizer_dir, output_dir, env,
                   {**(record or {}), "vocab": vocab, "steps": step, "final_loss": final_loss,
