@@ -169,6 +169,9 @@ The image for a run: the GPU training image when the stage requests GPUs, the CP
   value: /scratch
 - name: HOME
   value: /scratch/home
+# The node cache: inputs and checkpoint shares downloaded once per pod, shared by its processes.
+- name: ZHLLAMA_CACHE
+  value: /scratch/cache
 - name: PYTHONUNBUFFERED
   value: "1"
 {{- with .Values.s3.endpoint }}
