@@ -26,18 +26,21 @@ from zhllama.errors import UserError
 from zhllama.spec import TrainSpec
 from zhllama.train.checkpoint import Checkpoints, TrainerState
 from zhllama.train.distributed import DistEnv, all_ranks_mean, init_distributed
-from zhllama.train.engine import DTYPES, DeepSpeedEngine, Engine, build_engine, resolve_precision
+from zhllama.train.engine import DTYPES, DeepSpeedEngine, Engine, build_engine, deepspeed_config, resolve_precision
 from zhllama.train.metrics import MetricsLog, flops_per_token, peak_flops
 from zhllama.train.model import (
     ADAPTER_RECORD,
     add_lora,
     check_quantization_supported,
+    frozen_elements,
     load_base,
     load_tokenizer,
     merge_adapters,
+    move_unpartitioned,
     padded_size,
     resize_vocabulary,
     untie_embeddings,
+    zero3_loading,
 )
 
 METRICS_DIR = "metrics"
@@ -64,8 +67,14 @@ def build_model(
     base_adapter_dirs: Sequence[Path],
     env: DistEnv,
     precision: str,
+    zero3: Any = None,
 ) -> tuple[PeftModel, dict[str, Any]]:
-    """Base (+ merged adapters), untied and resized to the tokenizer, wrapped with LoRA; and the vocabulary record."""
+    """Base (+ merged adapters), untied and resized to the tokenizer, wrapped with LoRA; and the vocabulary record.
+
+    `zero3` is the caller's live `zero3_loading(...)` object for a ZeRO-3 run: the base is then loaded partitioned
+    (each rank holds 1/world of every frozen weight) and stays so through every step here. Without it the base is
+    loaded whole on every rank.
+    """
     check_quantization_supported(spec.bits)
     model = load_base(base_model_dir, DTYPES[precision], spec.bits, env.device)
     tied = untie_embeddings(model)
@@ -79,9 +88,20 @@ def build_model(
     vocab["untied"] = tied
     torch.manual_seed(spec.seed)  # LoRA's initial weights
     peft_model = add_lora(model, spec.lora, spec.gradient_checkpointing)
-    if spec.bits == 16:
+    if zero3 is not None:
+        move_unpartitioned(peft_model, env.device)
+    elif spec.bits == 16:
         peft_model.to(env.device)
     return peft_model, vocab
+
+
+def _partition_record(model: torch.nn.Module, env: DistEnv) -> dict[str, Any]:
+    """What each rank holds of the frozen base after a ZeRO-3 build (before deepspeed.initialize), logged per rank."""
+    local, total = frozen_elements(model)
+    print(f"rank {env.rank}: holds {local} of {total} frozen elements ({local / max(total, 1):.3f})", flush=True)
+    per_rank: list[Any] = [None] * env.world_size
+    torch.distributed.all_gather_object(per_rank, local)
+    return {"zero3_local_frozen_elements": per_rank, "frozen_elements": total}
 
 
 def _batch(dataset: Dataset, spec: TrainSpec, position: int, pad_id: int) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -121,7 +141,11 @@ def train(
     precision = resolve_precision(spec.precision, env.device)
     tokenizer = load_tokenizer(tokenizer_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model, vocab = build_model(spec, base_model_dir, tokenizer, base_adapter_dirs, env, precision)
+    # ZeRO-3 loads the base partitioned; the config object must live until deepspeed.initialize (and the save).
+    zero3 = zero3_loading(deepspeed_config(spec, env.world_size, precision, env.device.type == "cuda")) \
+        if spec.zero_stage == 3 and spec.bits == 16 else None
+    model, vocab = build_model(spec, base_model_dir, tokenizer, base_adapter_dirs, env, precision, zero3)
+    partition = _partition_record(model, env) if zero3 is not None else {}
     engine: Engine = build_engine(model, spec, env, precision)
 
     step, position, resumed_from = 0, 0, None
@@ -188,7 +212,7 @@ def train(
         checkpoints.wait()
 
     write_adapter(model, engine, spec, tokenizer, tokenizer_dir, output_dir, env,
-                  {**(record or {}), "vocab": vocab, "steps": step, "final_loss": final_loss,
+                  {**(record or {}), **partition, "vocab": vocab, "steps": step, "final_loss": final_loss,
                    "resumed_from_step": resumed_from, "precision": precision,
                    "engine": "deepspeed" if isinstance(engine, DeepSpeedEngine) else "pytorch",
                    **({"deepspeed": engine.config} if isinstance(engine, DeepSpeedEngine) else {})})

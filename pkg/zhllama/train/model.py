@@ -95,12 +95,97 @@ def load_base(model_dir: Path, dtype: torch.dtype, bits: int, device: torch.devi
     return model
 
 
+def zero3_loading(ds_config: dict[str, Any]) -> Any:
+    """transformers' HfDeepSpeedConfig for the engine's ZeRO-3 config: while the caller holds it, from_pretrained
+    builds the model under deepspeed.zero.Init and loads the weights module by module into the shards (rank 0 reads
+    the checkpoint; each module is gathered only while its values are copied in).
+
+    Keep the returned object referenced until deepspeed.initialize has run (transformers only keeps a weakref).
+    """
+    import deepspeed
+    import torch.distributed as dist
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    # zero.Init reads the world size from deepspeed.comm: wrap the process group torchrun's ranks already started.
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+    return HfDeepSpeedConfig(ds_config)
+
+
+def is_partitioned(tensor: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter: the rank holds only its shard (`ds_tensor`); the tensor itself is empty until gathered."""
+    return hasattr(tensor, "ds_id")
+
+
+def is_zero3_model(model: torch.nn.Module) -> bool:
+    """Built under zero.Init (a just-resized embedding may be whole for a moment: ask the other weights)."""
+    return any(is_partitioned(p) for p in model.parameters())
+
+
+def full_shape(param: torch.Tensor) -> torch.Size:
+    return cast(torch.Size, getattr(param, "ds_shape")) if is_partitioned(param) else param.shape  # noqa: B009
+
+
+def frozen_elements(model: torch.nn.Module) -> tuple[int, int]:
+    """Elements of the frozen weights this rank holds (its shard of a partitioned one) and in the whole model."""
+    local = total = 0
+    for param in model.parameters():
+        if param.requires_grad:
+            continue
+        partitioned = is_partitioned(param)
+        # DeepSpeed adds these attributes to the parameters it partitions (torch's types do not know them).
+        local += getattr(param, "ds_tensor").numel() if partitioned else param.numel()  # noqa: B009
+        total += int(getattr(param, "ds_numel")) if partitioned else param.numel()  # noqa: B009
+    return local, total
+
+
+def move_unpartitioned(model: torch.nn.Module, device: torch.device) -> None:
+    """ZeRO-3: move what is whole on every rank (LoRA weights, trained copies, buffers); shards stay where
+    zero.Init put them (the local device)."""
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if not is_partitioned(tensor):
+                tensor.data = tensor.data.to(device)
+
+
+def _ds_config() -> dict[str, Any]:
+    """The DeepSpeed config zero3_loading registered with transformers."""
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    config = deepspeed_config()
+    if config is None:
+        raise RuntimeError("a ZeRO-3 partitioned model without a live zero3_loading config")
+    return cast(dict[str, Any], config)
+
+
+def _zero_init() -> Any:
+    """deepspeed.zero.Init with the config zero3_loading registered: modules built inside are partitioned."""
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=_ds_config())
+
+
 def untie_embeddings(model: PreTrainedModel) -> bool:
     """Give lm_head its own copy of the tied embedding matrix so both train and save apart; True if it was tied."""
     head, embed = output_embeddings(model), input_embeddings(model)
-    tied = head.weight.data_ptr() == embed.weight.data_ptr()
-    if tied:
-        head.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
+    if is_partitioned(embed.weight):
+        # Every partitioned tensor is empty here (data_ptr 0): a tied head is the embedding's own parameter.
+        tied = head.weight is embed.weight
+        if tied:
+            with _zero_init():
+                new_head = torch.nn.Linear(head.in_features, head.out_features, bias=False, dtype=embed.weight.dtype)
+            # Same shape on the same ranks: the new weight is split exactly as the embedding, so each rank copies
+            # its own shard and nothing is gathered.
+            with torch.no_grad():
+                getattr(new_head.weight, "ds_tensor").copy_(getattr(embed.weight, "ds_tensor"))  # noqa: B009
+            new_head.weight.requires_grad_(embed.weight.requires_grad)
+            if head.bias is not None:
+                new_head.bias = head.bias
+            model.set_output_embeddings(new_head)
+    else:
+        tied = head.weight.data_ptr() == embed.weight.data_ptr()
+        if tied:
+            head.weight = torch.nn.Parameter(embed.weight.detach().clone(),
+                                             requires_grad=embed.weight.requires_grad)
     model.config.tie_word_embeddings = False
     if hasattr(model.config, "get_text_config"):
         model.config.get_text_config().tie_word_embeddings = False
@@ -172,7 +257,7 @@ def resize_vocabulary(
     seed: int,
 ) -> dict[str, Any]:
     """Resize embed_tokens and lm_head (untied) to the tokenizer and initialise the new rows; returns a record."""
-    base_rows = input_embeddings(model).weight.shape[0]
+    base_rows = full_shape(input_embeddings(model).weight)[0]
     rows = padded_size(max(len(tokenizer), base_rows), pad_multiple)
     record: dict[str, Any] = {"base_rows": base_rows, "rows": rows, "tokenizer_size": len(tokenizer),
                               "init_new_rows": method, "new_rows": rows - base_rows}
@@ -191,6 +276,9 @@ def resize_vocabulary(
     record["rows_from_subtokens"] = sum(1 for ids in subtokens if ids)
     std = float(getattr(model.config, "initializer_range", 0.02))
     generator = torch.Generator().manual_seed(seed)
+    if is_zero3_model(model):
+        _resize_partitioned(model, rows, base_rows, subtokens, method, generator, std)
+        return record
     old = [input_embeddings(model).weight.detach(), output_embeddings(model).weight.detach()]
     model.resize_token_embeddings(rows, mean_resizing=False)
     resized = (input_embeddings(model).weight, output_embeddings(model).weight)
@@ -199,6 +287,33 @@ def resize_vocabulary(
             weight[base_rows:] = new_row_values(previous, base_rows, subtokens, method, generator, std)
     model.config.vocab_size = rows
     return record
+
+
+def _resize_partitioned(
+    model: PreTrainedModel,
+    rows: int,
+    base_rows: int,
+    subtokens: list[list[int]],
+    method: InitMethod,
+    generator: torch.Generator,
+    std: float,
+) -> None:
+    """resize_vocabulary under ZeRO-3, one matrix at a time (embedding, then head; nothing else is gathered).
+
+    transformers (5.x) gathers each old matrix, builds the new one whole on every rank and copies the base rows in;
+    the new rows are filled from those base rows and the matrix is partitioned again before the next is touched.
+    """
+    import deepspeed
+
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    for module in (input_embeddings(model), output_embeddings(model)):
+        weight = module.weight
+        # Every rank computes the same rows (same generator state); a partitioned matrix keeps rank 0's.
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=0), torch.no_grad():
+            weight.data[base_rows:] = new_row_values(weight.data, base_rows, subtokens, method, generator, std)
+        if not is_partitioned(weight):
+            deepspeed.zero.Init(module=module, config_dict_or_path=_ds_config())
+    model.config.vocab_size = rows
 
 
 def merge_adapters(model: PreTrainedModel, adapter_dirs: list[Path], tokenizer_rows: int) -> PreTrainedModel:
@@ -210,10 +325,35 @@ def merge_adapters(model: PreTrainedModel, adapter_dirs: list[Path], tokenizer_r
                 f"base_adapters: {adapter_dir} was trained with {rows} vocabulary rows but this tokenizer gives "
                 f"{tokenizer_rows}; use the tokenizer (and pad_vocab_multiple) that adapter was trained with"
             )
-        if rows is not None and input_embeddings(model).weight.shape[0] != rows:
+        if rows is not None and full_shape(input_embeddings(model).weight)[0] != rows:
             model.resize_token_embeddings(rows, mean_resizing=False)
             model.config.vocab_size = rows
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        if is_zero3_model(model):
+            model = _merge_partitioned(PeftModel.from_pretrained(model, adapter_dir))
+        else:
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model
+
+
+def _merge_partitioned(peft_model: PeftModel) -> PreTrainedModel:
+    """merge_and_unload under ZeRO-3: each LoRA layer's base weight is gathered alone, merged and re-partitioned.
+
+    The adapter's embed_tokens/lm_head come back as PEFT's whole copies (it gathers each original to copy it, as it
+    does for modules_to_save in add_lora); they are partitioned again right after the unload.
+    """
+    import deepspeed
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            # Every rank merges the same delta into the gathered weight; rank 0's result is scattered back.
+            with deepspeed.zero.GatheredParameters([base.weight], modifier_rank=0):
+                module.merge()
+    model = cast(PreTrainedModel, peft_model.unload())
+    for trained in (input_embeddings(model), output_embeddings(model)):
+        if any(not is_partitioned(p) for p in trained.parameters()):
+            deepspeed.zero.Init(module=trained, config_dict_or_path=_ds_config())
     return model
 
 
