@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: an isolated home for zhllama's state, and a real S3 server on loopback."""
+"""Fixtures shared by every test: an isolated home for zhllama's state, a real S3 server on loopback, and the tiny
+model set of the training tests (tests/train, tests/e2e)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,11 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(var, raising=False)
     return f"s3://{S3_BUCKET}"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Chinese text, base and extended tokenizers, a briefly pre-trained tiny base model (tests/train/tiny.py)."""
+    from tests.train.tiny import build_tiny_set  # torch and transformers only for the tests that use it
+
+    return build_tiny_set(tmp_path_factory.mktemp("tiny-train"))

@@ -95,6 +95,31 @@ def write_alpaca(path: Path, text: list[str], count: int) -> Path:
     return path
 
 
+def build_tiny_set(root: Path) -> dict[str, Path]:
+    """Everything the training tests use, under `root`: tokenizers, the base model, corpora, held-out text, SFT data.
+
+    The session fixture `tiny` (tests/conftest.py) builds it once; tests/e2e/pods.py and bench/ build it too.
+    """
+    torch.set_num_threads(1)
+    text = peoples_daily(0, 600)
+    build_tokenizers(text, peoples_daily_words(0, 600), root / "base-tokenizer", root / "zh-tokenizer", n_words=120)
+    base = build_base_model(root / "base-tokenizer", text, root / "base")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n".join(text[:300]) + "\n", encoding="utf-8")
+    (corpus / "b.txt").write_text("\n".join(text[300:]) + "\n", encoding="utf-8")
+    # A few dozen blocks: every step revisits them, so the loss falls clearly.
+    small = root / "small-corpus"
+    small.mkdir()
+    (small / "a.txt").write_text("\n".join(text[:40]) + "\n", encoding="utf-8")
+    heldout = root / "heldout.txt"
+    heldout.write_text("\n".join(peoples_daily(3000, 60)) + "\n", encoding="utf-8")
+    sft = write_alpaca(root / "sft.jsonl", text, 64)
+    return {"root": root, "base": base, "base_tokenizer": root / "base-tokenizer",
+            "zh_tokenizer": root / "zh-tokenizer", "corpus": corpus, "small_corpus": small, "heldout": heldout,
+            "sft": sft}
+
+
 def spec_for(tiny: dict[str, Path], **values: Any) -> TrainSpec:
     defaults = {"run_id": "t", "base_model": f"file://{tiny['base']}", "tokenizer": f"file://{tiny['zh_tokenizer']}",
                 "data": [f"file://{tiny['corpus']}"], "block_size": 32, "micro_batch_size": 4, "max_steps": 6,
