@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,29 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def store_from_values(paths: Sequence[str | Path]) -> str | None:
+    """The store the values files' `s3.bucket`/`s3.prefix` give (files merged as the backend merges them), or None
+    when none sets a bucket; an unset prefix is the chart's default."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = {**merged, **load_values_file(Path(path))}
+    s3 = merged.get("s3") or {}
+    if not isinstance(s3, Mapping) or not s3.get("bucket"):
+        return None
+    default = yaml.safe_load((chart_dir() / "values.yaml").read_text(encoding="utf-8"))["s3"]["prefix"]
+    prefix = str(s3.get("prefix", default) or "").strip("/")
+    return f"s3://{s3['bucket']}/{prefix}" if prefix else f"s3://{s3['bucket']}"
+
+
+def check_cluster_store(spec: StageSpec) -> None:
+    """A cluster run's store must outlive its pods: refuse file:// (the pod's own disk)."""
+    if spec.store.startswith("file://"):
+        raise UserError(
+            f"store: {spec.store} is the pod's own disk and is lost with it; pass --store s3://bucket/prefix, "
+            "set ZHLLAMA_STORE, or set s3.bucket in a --values file"
+        )
 
 
 def load_values_file(path: Path) -> dict[str, Any]:

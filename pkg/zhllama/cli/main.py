@@ -15,7 +15,7 @@ import click
 import yaml
 
 from zhllama.errors import UserError
-from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, resolve_spec
+from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, TrainSpec, resolve_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STORE = "file://./artifacts"
@@ -64,7 +64,9 @@ def spec_options(func: F) -> F:
         click.option("--gpus", type=int, help="Total GPUs (filled into whole nodes: 48 = 6 pods x 8)."),
         click.option("--run-id", help="Run id (default: <stage>-<time>-<random>)."),
         click.option(
-            "--store", envvar="ZHLLAMA_STORE", help=f"Store root URI [env ZHLLAMA_STORE; default {DEFAULT_STORE}]."
+            "--store", envvar="ZHLLAMA_STORE",
+            help=f"Store root URI [env ZHLLAMA_STORE; run: default {DEFAULT_STORE}; submit: s3://... or the "
+            "--values files' s3.bucket/prefix]."
         ),
         click.option("--dry-run", is_flag=True, help="Print the resolved spec (or manifests) and stop."),
         click.option("--force", is_flag=True, help="Replace a run of the same id that has a different spec."),
@@ -89,9 +91,7 @@ def build_spec(
         flags.append(f"{'overrides.pretrain.bits' if stage == 'pipeline' else 'bits'}={bits}")
         if stage == "pipeline":
             flags.append(f"overrides.sft.bits={bits}")
-    values = {"store": store} if store else None
-    if values is None and not any(s.startswith("store=") for s in flags):
-        values = {"store": DEFAULT_STORE}
+    values = {"store": store} if store else None  # else a -f file's or --set store, or the spec's default
     spec = resolve_spec(stage, size=size, file=spec_file, sets=flags, values=values, run_id=run_id)
     if gpus is None:
         return spec
@@ -115,6 +115,15 @@ def gpu_layout(total: int, per_node: int) -> list[str]:
 
 def dump(spec: StageSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def echo_memory_plan(spec: StageSpec) -> None:
+    """After a dry run's YAML: the pretrain/sft memory plan per GPU, as YAML comments."""
+    if isinstance(spec, TrainSpec):
+        from zhllama.train.memory_check import plan_lines
+
+        for line in plan_lines(spec):
+            click.echo(f"# {line}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,6 +158,7 @@ def run(
     spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store)
     if dry_run:
         click.echo(dump(spec), nl=False)
+        echo_memory_plan(spec)
         return
     backend = LocalBackend(spec.store)
     started = time.monotonic()
@@ -227,12 +237,19 @@ def submit(
     force: bool,
 ) -> None:
     """Submit a STAGE (or the pipeline) to Kubernetes, rendered from charts/zhllama."""
+    from zhllama.backends.k8s_chart import check_cluster_store, store_from_values
     from zhllama.backends.kubernetes import KubernetesBackend
 
-    spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store)
+    spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store or store_from_values(values_files))
+    check_cluster_store(spec)
+    if isinstance(spec, TrainSpec):
+        from zhllama.train.memory_check import check_plan
+
+        check_plan(spec)
     backend = KubernetesBackend(namespace=namespace, job_kind=job_kind, values_files=list(values_files))
     if dry_run:
         click.echo(backend.render(spec), nl=False)
+        echo_memory_plan(spec)
         return
     if isinstance(spec, PipelineSpec):
         from zhllama.pipeline import run_pipeline
