@@ -81,11 +81,6 @@ def init_distributed(needs_process_group: bool, timeout_s: int = DEFAULT_TIMEOUT
     return env
 
 
-def barrier(env: DistEnv) -> None:
-    if env.distributed:
-        dist.barrier()
-
-
 def wait_for(ready: Callable[[], bool], what: str, timeout_s: float, poll_s: float = 2.0) -> None:
     """Poll `ready` until it holds; a one-line error after `timeout_s`. Used instead of a collective where the
     wait is for I/O or CPU work of unbounded length (another node's build, another rank's upload)."""
