@@ -20,15 +20,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.pods import (  # noqa: E402
-    PodCluster,
-    Scenario,
-    code_root,
-    fault_scenario,
-    input_prefixes,
-    is_metadata,
-    scenario_checks,
-)
+from tests.e2e.pod_checks import scenario_checks  # noqa: E402
+from tests.e2e.pods import PodCluster, Scenario, code_root, fault_scenario, input_prefixes  # noqa: E402
+from tests.e2e.s3_servers import is_metadata  # noqa: E402
 from tests.train.tiny import build_tiny_set  # noqa: E402
 
 

@@ -4,7 +4,7 @@ the training operator start them, each pod with its own disk and its own S3 endp
 From each pod's own S3 server log: every input object is downloaded at most once per pod; a checkpoint step holds
 one copy of the trainable state (not one per rank); after kill -9 of both pods and a restart with empty disks the
 run resumes from the newest complete checkpoint, each checkpoint object downloaded at most once per pod, and its
-loss curve is the uninterrupted run's. `pytest -s` prints the figures (tests/e2e/pods.py `report`).
+loss curve is the uninterrupted run's. `pytest -s` prints the figures (tests/e2e/pod_checks.py `report`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.pods import PodCluster, fault_scenario, report, scenario_checks
+from tests.e2e.pod_checks import report, scenario_checks
+from tests.e2e.pods import PodCluster, fault_scenario
 
 
 @pytest.mark.slow

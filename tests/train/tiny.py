@@ -98,7 +98,7 @@ def write_alpaca(path: Path, text: list[str], count: int) -> Path:
 def build_tiny_set(root: Path) -> dict[str, Path]:
     """Everything the training tests use, under `root`: tokenizers, the base model, corpora, held-out text, SFT data.
 
-    The session fixture `tiny` (tests/conftest.py) builds it once; tests/e2e/pods.py and bench/ build it too.
+    The session fixture `tiny` (tests/conftest.py) builds it once; tests/e2e/pod_checks.py and bench/ build it too.
     """
     torch.set_num_threads(1)
     text = peoples_daily(0, 600)

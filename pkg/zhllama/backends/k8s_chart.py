@@ -124,7 +124,7 @@ def store_from_values(paths: Sequence[str | Path]) -> str | None:
     when none sets a bucket; an unset prefix is the chart's default."""
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = {**merged, **load_values_file(Path(path))}
+        merged = _merge(merged, load_values_file(Path(path)))
     s3 = merged.get("s3") or {}
     if not isinstance(s3, Mapping) or not s3.get("bucket"):
         return None
