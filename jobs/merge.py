@@ -1,7 +1,7 @@
 """Entrypoint of the merge stage: a batch/v1 Job on Kubernetes; a subprocess under `ctl run --local`."""
 
 from zhllama.merge import run_merge
-from zhllama.runs import job_main
+from zhllama.run import job_main
 
 if __name__ == "__main__":
     job_main("merge", run_merge)

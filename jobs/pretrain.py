@@ -1,6 +1,6 @@
 """Entrypoint of the pretrain stage: a PyTorchJob (torchrun) on Kubernetes; a subprocess under `ctl run --local`."""
 
-from zhllama.runs import job_main
+from zhllama.run import job_main
 from zhllama.train import run_pretrain
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Entrypoint of the tokenizer stage: a batch/v1 Job on Kubernetes; a subprocess under `ctl run --local`."""
 
-from zhllama.runs import job_main
+from zhllama.run import job_main
 from zhllama.tokenizer import run_tokenizer
 
 if __name__ == "__main__":

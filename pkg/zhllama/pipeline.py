@@ -13,12 +13,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from zhllama.backends.base import Backend, RunStatus
-from zhllama.errors import UserError
-from zhllama.runs import changed_inputs, now, run_key, spec_record
-from zhllama.spec import PipelineSpec, StageSpec, resolve_spec
-from zhllama.spec.presets import deep_merge, preset_values
-from zhllama.store import ArtifactStore, open_store
+from zhllama.backends.base import Backend
+from zhllama.run import RunStatus, changed_inputs, now, open_run, run_key, transition
+from zhllama.spec import PipelineSpec, StageSpec, TrainSpec, resolve_spec
+from zhllama.spec.presets import deep_merge
+from zhllama.store import open_store
 
 EVAL_VARIANTS = ("base", "pretrain", "sft")
 
@@ -34,14 +33,18 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
     def output(step: str, name: str) -> str:
         return f"run://{stage_run_id(pid, step)}/outputs/{name}"
 
-    base_model = deep_merge(preset_values(spec.size, "pretrain"), spec.overrides.get("pretrain", {})).get(
-        "base_model", "embedded://smollm2-135m"
-    )
+    def resolve(stage: str, step: str, wired: dict[str, Any]) -> StageSpec:
+        values = deep_merge({"store": spec.store, "seed": spec.seed}, deep_merge(wired, spec.overrides.get(stage, {})))
+        return resolve_spec(stage, size=spec.size, run_id=stage_run_id(pid, step), values=values)
+
     tokenizer = output("tokenizer", "tokenizer")
+    # The pretrain step's spec decides the base every other step starts from (its preset, or its override).
+    pretrain = resolve("pretrain", "pretrain", {"tokenizer": tokenizer})
+    assert isinstance(pretrain, TrainSpec)
+    base_model = pretrain.base_model
     pt_adapter, sft_adapter = output("pretrain", "adapter"), output("sft", "adapter")
     wiring: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "tokenizer": [("tokenizer", {})],
-        "pretrain": [("pretrain", {"tokenizer": tokenizer, "base_model": base_model})],
         "sft": [("sft", {"tokenizer": tokenizer, "base_model": base_model, "base_adapters": [pt_adapter]})],
         "merge": [("merge", {"base_model": base_model, "adapters": [pt_adapter, sft_adapter], "tokenizer": tokenizer})],
         "quantize": [("quantize", {"model": output("merge", "model")})],
@@ -65,19 +68,11 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
     }
     steps: list[tuple[str, StageSpec]] = []
     for stage in spec.stages:
-        for step, wired in wiring.get(stage, [(stage, {})]):
-            values = deep_merge(wired, spec.overrides.get(stage, {}))
-            values = deep_merge({"store": spec.store, "seed": spec.seed}, values)
-            steps.append((step, resolve_spec(stage, size=spec.size, run_id=stage_run_id(pid, step), values=values)))
+        if stage == "pretrain":
+            steps.append(("pretrain", pretrain))
+            continue
+        steps.extend((step, resolve(stage, step, wired)) for step, wired in wiring.get(stage, [(stage, {})]))
     return steps
-
-
-def changed_inputs_of(store: ArtifactStore, spec: StageSpec) -> list[str]:
-    """The inputs of a finished step that changed since it ran; empty when it has not finished."""
-    names = type(spec).outputs
-    if not names or not all(store.is_complete(run_key(spec.run_id, "outputs", n)) for n in names):
-        return []
-    return changed_inputs(store, spec.run_id, names)
 
 
 def run_pipeline(
@@ -89,60 +84,44 @@ def run_pipeline(
 ) -> RunStatus:
     """Run every step in order, each waiting on the last; stops at the first step that does not succeed."""
     store = open_store(spec.store)
-    key = run_key(spec.run_id, "spec.json")
-    if store.exists(key) and store.read_json(key) != spec_record(spec) and not force:
-        raise UserError(
-            f"pipeline {spec.run_id} already exists with a different spec; pass --force or choose another --run-id"
-        )
     steps = plan(spec)
-    store.write_json(key, spec_record(spec))
-    state: dict[str, Any] = {"run_id": spec.run_id, "steps": {step: {"run_id": s.run_id} for step, s in steps}}
-
-    def save(pipeline_state: str, **fields: Any) -> None:
-        state.update(state=pipeline_state, updated=now(), **fields)
-        store.write_json(run_key(spec.run_id, "pipeline.json"), state)
-        store.write_json(
-            run_key(spec.run_id, "status.json"),
-            {
-                "run_id": spec.run_id,
-                "stage": "pipeline",
-                "state": pipeline_state,
-                "updated": now(),
-                # Who drives the pipeline, so `ctl status` can tell a stopped driver from a running one.
-                "driver": {"host": socket.gethostname(), "pid": os.getpid()},
-                **{k: v for k, v in fields.items() if k in ("reason", "message")},
-            },
-        )
-
-    save("Running")
+    open_run(store, spec, backend="pipeline", force=force)
+    # Who drives the pipeline, so a reader on this host can tell a stopped driver from a running one.
+    transition(store, spec.run_id, "Running", by="pipeline", started=now(), host=socket.gethostname(), pid=os.getpid())
+    progress: dict[str, Any] = {"run_id": spec.run_id, "steps": {step: {"run_id": s.run_id} for step, s in steps}}
     for step, step_spec in steps:
-        if changed_inputs_of(store, step_spec):
-            # An upstream step ran again: this step's finished outputs were made from what it replaced.
-            print(f"==> {step}: inputs changed, running it again", flush=True)
-            backend.cancel(step_spec.run_id)
-            # Its checkpoints were trained on the replaced inputs: start over rather than resume from them.
-            store.delete_prefix(run_key(step_spec.run_id, "checkpoints"))
-        status = backend.submit(step_spec, force=force)
-        if on_step is not None and not status.finished:
-            on_step(step, step_spec)
-        status = backend.wait(step_spec.run_id)
-        state["steps"][step].update(state=status.state, reason=status.reason)
+        status = _run_step(store, backend, step, step_spec, on_step, force)
+        progress["steps"][step].update(state=status.state, reason=status.reason)
+        store.write_json(run_key(spec.run_id, "pipeline.json"), {**progress, "updated": now()})
         if status.state != "Succeeded":
-            save(
-                "Failed",
-                reason=f"{step}:{status.reason or status.state}",
-                message=f"step {step} ({step_spec.run_id}) {status.state}: {status.message}",
-            )
+            reason, message = f"{step}:{status.reason or status.state}", f"step {step} ({step_spec.run_id}) " \
+                f"{status.state}: {status.message}"
+            transition(store, spec.run_id, "Failed", by="pipeline", reason=reason, message=message)
             return RunStatus(spec.run_id, "Failed", f"{step} {status.reason}", status.message, stage="pipeline")
-        save("Running")
+    details = {}
     if spec.report:
         from zhllama.report import write_report
 
         write_report(store, spec, steps)
-    save("Succeeded")
-    return RunStatus(
-        spec.run_id,
-        "Succeeded",
-        stage="pipeline",
-        details={"report": store.uri(run_key(spec.run_id, "report", "report.md"))},
-    )
+        details["report"] = store.uri(run_key(spec.run_id, "report", "report.md"))
+    transition(store, spec.run_id, "Succeeded", by="pipeline")
+    return RunStatus(spec.run_id, "Succeeded", stage="pipeline", details=details)
+
+
+def _run_step(
+    store: Any,
+    backend: Backend,
+    step: str,
+    step_spec: StageSpec,
+    on_step: Callable[[str, StageSpec], None] | None,
+    force: bool,
+) -> RunStatus:
+    if changed_inputs(store, step_spec.run_id, type(step_spec).outputs):
+        # An upstream step ran again: this step's finished outputs were made from what it replaced.
+        print(f"==> {step}: inputs changed, running it again", flush=True)
+        # Its checkpoints were trained on the replaced inputs: start over rather than resume from them.
+        store.delete_prefix(run_key(step_spec.run_id, "checkpoints"))
+    status = backend.submit(step_spec, force=force)
+    if on_step is not None and not status.finished:
+        on_step(step, step_spec)
+    return backend.wait(step_spec.run_id)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from zhllama.runs import RunContext, changed_inputs, outputs_done
+from zhllama.run import RunContext, changed_inputs, outputs_done
 from zhllama.spec import resolve_spec
 from zhllama.store import open_store
 

@@ -10,12 +10,14 @@ import pytest
 
 from zhllama.backends.local import LocalBackend
 from zhllama.errors import UserError
+from zhllama.run import open_run, read_record, transition
 from zhllama.spec import resolve_spec
 
 JOB = """
 import os, time
 from zhllama.errors import UserError
-from zhllama.runs import job_main
+from zhllama.run import open_run, read_record, transition
+from zhllama.run import job_main
 
 def stage(ctx):
     mode = os.environ.get("TEST_JOB_MODE", "ok")
@@ -100,9 +102,11 @@ def test_cancel_stops_the_process_group(backend: LocalBackend, monkeypatch: pyte
     monkeypatch.setenv("TEST_JOB_MODE", "sleep")
     backend.submit(spec(backend, "long"))
     wait_for(lambda: backend.status("long").state == "Running")
+    pid = json.loads((backend.state_dir / "long" / "process.json").read_text())["pid"]
     final = backend.cancel("long")
-    assert final.state == "Cancelled"
-    assert not backend._alive("long")
+    assert (final.state, final.reason) == ("Cancelled", "Cancelled")
+    assert not backend._alive(pid)
+    assert [t.by for t in read_record(backend.store, "long").transitions] == ["local", "job", "cancel"]
 
 
 def test_a_killed_run_is_reported_failed_not_running(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,7 +115,7 @@ def test_a_killed_run_is_reported_failed_not_running(backend: LocalBackend, monk
     wait_for(lambda: backend.status("killed").state == "Running")
     pid = json.loads((backend.state_dir / "killed" / "process.json").read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: not backend._alive("killed"))
+    wait_for(lambda: not backend._alive(pid))
     final = backend.status("killed")
     assert (final.state, final.reason) == ("Failed", "Killed")
     assert "resume" in final.message
@@ -123,16 +127,19 @@ def test_a_pipeline_whose_driver_stopped_is_not_reported_running(backend: LocalB
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    record = {
-        "run_id": "pipe",
-        "stage": "pipeline",
-        "state": "Running",
-        "driver": {"host": socket.gethostname(), "pid": gone.pid},
-    }
-    backend.store.write_json("runs/pipe/status.json", record)
-    final = backend.status("pipe")
+    for run_id, pid in (("gone", gone.pid), ("alive", os.getpid())):
+        pipeline = resolve_spec("pipeline", size="tiny", run_id=run_id, values={"store": backend.store.root_uri})
+        open_run(backend.store, pipeline, backend="pipeline")
+        transition(backend.store, run_id, "Running", by="pipeline", host=socket.gethostname(), pid=pid)
+    final = backend.status("gone")
     assert (final.state, final.reason) == ("Failed", "Interrupted")
-    backend.store.write_json(
-        "runs/pipe/status.json", {**record, "driver": {"host": socket.gethostname(), "pid": os.getpid()}}
-    )
-    assert backend.status("pipe").state == "Running"
+    assert read_record(backend.store, "gone").state == "Failed"  # recorded: every later reader agrees
+    assert backend.status("alive").state == "Running"
+
+
+def test_cancelling_a_finished_run_changes_nothing(backend: LocalBackend) -> None:
+    backend.submit(spec(backend, "done"))
+    assert backend.wait("done").state == "Succeeded"
+    before = read_record(backend.store, "done")
+    assert backend.cancel("done").state == "Succeeded"
+    assert read_record(backend.store, "done") == before

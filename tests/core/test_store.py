@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zhllama.errors import ArtifactError
-from zhllama.runs import pull_run
+from zhllama.run import pull_run
 from zhllama.store import ArtifactStore, open_store
 
 

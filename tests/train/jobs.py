@@ -1,4 +1,4 @@
-"""Run the training stage as a job does: a spec.json, `python -m zhllama.train` (under torchrun for ranks > 1)."""
+"""Run the training stage as a pod does: a spec.json and its jobs/<stage>.py entrypoint (torchrun for ranks > 1)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 from zhllama.spec import TrainSpec
 from zhllama.store import DirStore
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
 def write_spec(tiny: dict[str, Path], root: Path, run_id: str, **values: Any) -> Path:
@@ -27,7 +29,8 @@ def write_spec(tiny: dict[str, Path], root: Path, run_id: str, **values: Any) ->
 def job_command(spec: Path, root: Path, nproc: int = 1) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    return [*launcher, "-m", "zhllama.train", "--spec", str(spec), "--workdir", str(root / "work")]
+    stage = json.loads(spec.read_text(encoding="utf-8"))["stage"]
+    return [*launcher, str(JOBS / f"{stage}.py"), "--spec", str(spec), "--workdir", str(root / "work")]
 
 
 def job_env() -> dict[str, str]:

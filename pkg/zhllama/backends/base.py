@@ -1,36 +1,16 @@
-"""One interface for where a run executes: this machine (LocalBackend) or a cluster (KubernetesBackend)."""
+"""One interface for where a run executes: this machine (LocalBackend) or a cluster (KubernetesBackend).
+
+A backend starts, stops and observes jobs; it never writes a run's state. `status` and `list_runs` reconcile the
+run record in the store with what `observe` sees (zhllama.run.reconcile), so every reader gets the same answer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
+from zhllama.run import RunStatus
 from zhllama.spec import StageSpec
-
-RunState = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Cancelled", "Unknown"]
-FINISHED: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"})
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    run_id: str
-    state: RunState
-    reason: str = ""
-    """Why, in a word: Unschedulable, ImagePullBackOff, OOMKilled, DeadlineExceeded, InvalidInput, ..."""
-    message: str = ""
-    """One line a person can act on."""
-    stage: str = ""
-    details: dict[str, str] = field(default_factory=dict)
-    """Extra facts worth showing (started, finished, report path, restarts)."""
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    def line(self) -> str:
-        why = f" ({self.reason}{': ' + self.message if self.message else ''})" if self.reason or self.message else ""
-        return f"{self.run_id}  {self.stage or '-':9}  {self.state}{why}"
 
 
 class Backend(Protocol):
@@ -38,12 +18,28 @@ class Backend(Protocol):
         """Start the run (or attach to it when the same spec is already there); a different spec needs force."""
         ...
 
-    def status(self, run_id: str) -> RunStatus: ...
+    def observe(self, run_id: str) -> RunStatus | None:
+        """What the backend sees of the run's job right now, or None when it knows nothing the record doesn't."""
+        ...
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run record reconciled with `observe`."""
+        ...
+
+    def list_runs(self) -> list[RunStatus]:
+        """Every run this backend started that it can see, reconciled."""
+        ...
+
+    def watch(self, run_id: str) -> Iterator[RunStatus]:
+        """Each new state of the run until it finishes."""
+        ...
+
+    def wait(self, run_id: str) -> RunStatus:
+        """Block until the run finishes."""
+        ...
 
     def logs(self, run_id: str, *, follow: bool = False, previous: bool = False) -> Iterator[str]: ...
 
-    def cancel(self, run_id: str) -> RunStatus: ...
-
-    def wait(self, run_id: str, *, poll_seconds: float = 2.0) -> RunStatus:
-        """Block until the run finishes."""
+    def cancel(self, run_id: str) -> RunStatus:
+        """Stop the run; a finished run is left as it is."""
         ...

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zhllama.backends.base import RunState, RunStatus
+from zhllama.run import RunState, RunStatus
 
 Obj = dict[str, Any]
 

@@ -1,6 +1,9 @@
-"""Typed, validated run specs built from size presets, YAML files and --set overrides."""
+"""Typed, validated run specs built from size presets, YAML files and --set overrides: resolved once, here.
 
-from zhllama.spec.loading import new_run_id, parse_set, resolve_spec, spec_from_json
+May import: zhllama.errors (and pydantic, yaml). Must not import any other zhllama package.
+"""
+
+from zhllama.spec.loading import gpu_layout, new_run_id, parse_set, resolve_spec, spec_from_json
 from zhllama.spec.models import (
     DISTRIBUTED_STAGES,
     PIPELINE_STAGES,
@@ -33,6 +36,7 @@ __all__ = [
     "StageSpec",
     "TokenizerSpec",
     "TrainSpec",
+    "gpu_layout",
     "new_run_id",
     "parse_set",
     "resolve_spec",

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from zhllama.errors import SpecError
-from zhllama.spec.models import STAGE_SPECS, StageSpec
+from zhllama.spec.models import STAGE_SPECS, Resources, StageSpec
 from zhllama.spec.presets import PRESETS, deep_merge, preset_values
 
 
@@ -32,8 +32,10 @@ def resolve_spec(
     file: Path | None = None,
     sets: list[str] | tuple[str, ...] = (),
     values: dict[str, Any] | None = None,
+    gpus: int | None = None,
 ) -> StageSpec:
-    """The validated spec for `stage`: defaults, then the `size` preset, then `file`, `values` and `sets`."""
+    """The validated spec for `stage`: defaults, then the `size` preset, then `file`, `values` and `sets`;
+    `gpus` (a total, `--gpus`) is laid out over the resulting GPUs per node last."""
     problems: list[str] = []
     if stage not in STAGE_SPECS:
         raise SpecError([f"stage: unknown stage {stage!r}; choose one of {', '.join(STAGE_SPECS)}"])
@@ -52,6 +54,12 @@ def resolve_spec(
             merged = deep_merge(merged, parse_set(assignment))
         except ValueError as err:
             problems.append(str(err))
+    if gpus is not None:
+        per_node = merged.get("resources", {}).get("gpus_per_node", Resources.model_fields["gpus_per_node"].default)
+        try:
+            merged = deep_merge(merged, {"resources": gpu_layout(gpus, int(per_node))})
+        except ValueError as err:
+            problems.append(str(err))
     merged["stage"] = stage
     merged["size"] = size
     merged.setdefault("run_id", run_id or new_run_id(stage))
@@ -67,6 +75,20 @@ def resolve_spec(
     if problems or spec is None:
         raise SpecError(problems, source=f"{stage} spec" + (f" ({file})" if file else ""))
     return spec
+
+
+def gpu_layout(total: int, per_node: int) -> dict[str, int]:
+    """`--gpus N` is the total: N <= one node's GPUs gives one pod, more fills whole nodes (48 = 6 pods x 8)."""
+    if total <= 0:
+        raise ValueError(f"gpus: {total}: give a positive number of GPUs")
+    if per_node == 0 or total <= per_node:
+        return {"nodes": 1, "gpus_per_node": total}
+    if total % per_node:
+        raise ValueError(
+            f"gpus: {total} is not a multiple of the {per_node} GPUs per node; use e.g. "
+            f"{(total // per_node + 1) * per_node}, or --set resources.gpus_per_node=..."
+        )
+    return {"nodes": total // per_node}
 
 
 def spec_from_json(data: dict[str, Any]) -> StageSpec:

@@ -1,11 +1,7 @@
-"""Artifact stores and URI resolution.
+"""Artifact stores: a directory (file://) or S3 (s3://), the same interface (store.base.ArtifactStore).
 
-URIs a spec may use:
-  file:///abs/path  file://./rel/path   a local file or directory
-  s3://bucket/key                       an object or prefix in S3 (or MinIO, Ceph)
-  store://key                           a key in the run's own store
-  run://<run-id>/outputs/<name>         another run's output artifact in the run's store
-  embedded://<name>                     a default shipped with the packages (materialized into the store once)
+May import: zhllama.errors (and boto3, in store.s3 only). Must not import anything else of zhllama: URIs of
+runs and embedded defaults are resolved above it, in zhllama.run.inputs.
 """
 
 from __future__ import annotations
@@ -34,25 +30,6 @@ def open_store(root_uri: str) -> ArtifactStore:
     raise UserError(f"store {root_uri!r}: use file:///path or s3://bucket[/prefix]")
 
 
-def locate(uri: str, run_store: ArtifactStore) -> tuple[ArtifactStore, str]:
-    """The store and key a URI names (embedded:// is materialized into `run_store` first)."""
-    if uri.startswith("store://"):
-        return run_store, uri.removeprefix("store://").strip("/")
-    if uri.startswith("run://"):
-        return run_store, join_key("runs", uri.removeprefix("run://"))
-    if uri.startswith("embedded://"):
-        from zhllama.embedded import materialize
-
-        return run_store, materialize(uri.removeprefix("embedded://"), run_store)
-    if uri.startswith("s3://"):
-        parsed = urlparse(uri)
-        return open_store(f"s3://{parsed.netloc}"), parsed.path.strip("/")
-    if uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://")).resolve()
-        return DirStore(path.parent), path.name
-    raise UserError(f"{uri!r} is not a URI; write s3://, file://, store://, run:// or embedded://")
-
-
 __all__ = [
     "MANIFEST",
     "ArtifactStore",
@@ -60,7 +37,6 @@ __all__ = [
     "code_version",
     "join_key",
     "local_cache_dir",
-    "locate",
     "node_lock",
     "open_store",
     "safe_local_path",

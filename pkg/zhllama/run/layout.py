@@ -1,0 +1,26 @@
+"""Where a run lives in the store, and the clock its records are stamped with.
+
+  runs/<id>/spec.json            the resolved spec (no secrets)          written by run.record only
+  runs/<id>/status.json          state, timestamps, reason, transitions  written by run.record only
+  runs/<id>/logs/                job logs
+  runs/<id>/outputs/<name>/      artifacts (complete when manifest.json exists)
+  runs/<id>/checkpoints/step-N/  training checkpoints (artifacts too)
+  runs/<id>/report/              the pipeline's report (an artifact)
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from zhllama.store import join_key
+
+SPEC_FILE = "spec.json"
+STATUS_FILE = "status.json"
+
+
+def run_key(run_id: str, *parts: str) -> str:
+    return join_key("runs", run_id, *parts)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
