@@ -13,7 +13,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 REGISTRY    ?= ghcr.io/zhllama
 DEMO_RUN    ?= demo
 
-.PHONY: setup test test-fast lint demo bench images chart-presets clean
+.PHONY: setup test test-fast lint demo bench images clean
 
 setup: $(STAMP)
 
@@ -50,10 +50,6 @@ bench: setup
 images:
 	docker build -f images/train.Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/zhllama-train:$(VERSION) .
 	docker build -f images/tools.Dockerfile --build-arg VERSION=$(VERSION) -t $(REGISTRY)/zhllama-tools:$(VERSION) .
-
-# The chart carries the resolved presets so `helm install` renders what `ctl submit` does; a test checks the copy.
-chart-presets: setup
-	$(BIN)/ctl chart-presets
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,98 +1,18 @@
 {{/*
-The run id: names every object of the run and its store prefix.
+The run id: names every object of the run. It comes from the resolved spec that `ctl values` prints; ctl has
+validated it, so the chart only refuses values without a spec.
 */}}
 {{- define "zhllama.runId" -}}
-{{- $runId := .Values.runId | default .Release.Name -}}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$" $runId) -}}
-{{- fail (printf "runId: %q is not a valid run id: use lowercase letters, digits and '-', start and end with a letter or digit, at most 52 characters" $runId) -}}
-{{- end -}}
-{{- $runId -}}
+{{- (required "spec: the chart takes the resolved run spec; print the values with `ctl values STAGE [--size ...] [--set ...] > run.yaml` and pass -f run.yaml" .Values.spec).run_id -}}
 {{- end -}}
 
-{{/*
-The resolved run spec as JSON: the generated preset for (size, stage), then overrides, bits, gpus, the S3
-store and the run id. zhllama.spec.resolve_spec computes the same spec in Python (tests/k8s checks that).
-*/}}
-{{- define "zhllama.spec" -}}
-{{- $v := .Values -}}
-{{- $presets := (.Files.Get "files/presets.json" | fromJson).specs -}}
-{{- if not (hasKey $presets $v.size) -}}
-{{- fail (printf "size: unknown size %q; choose one of %s" $v.size (keys $presets | sortAlpha | join ", ")) -}}
-{{- end -}}
-{{- $bySize := index $presets $v.size -}}
-{{- if not (hasKey $bySize $v.stage) -}}
-{{- fail (printf "stage: unknown stage %q; choose one of %s" $v.stage (keys $bySize | sortAlpha | join ", ")) -}}
-{{- end -}}
-{{- $spec := deepCopy (index $bySize $v.stage) -}}
-{{- include "zhllama.mergeOverrides" (dict "dst" $spec "src" $v.overrides "path" "overrides" "stage" $v.stage) -}}
-{{- if not (kindIs "invalid" $v.bits) -}}
-{{- if not (hasKey $spec "bits") -}}
-{{- fail (printf "bits: only pretrain and sft load a base in 8 or 4 bits; remove bits for stage %q" $v.stage) -}}
-{{- end -}}
-{{- $_ := set $spec "bits" $v.bits -}}
-{{- end -}}
-{{- if not (kindIs "invalid" $v.gpus) -}}
-{{- $perNode := int $spec.resources.gpus_per_node -}}
-{{- if or (not (has $v.stage (list "pretrain" "sft"))) (eq $perNode 0) -}}
-{{- fail (printf "gpus: stage %q of size %q runs %d GPUs per node; set overrides.resources.gpus_per_node instead" $v.stage $v.size $perNode) -}}
-{{- end -}}
-{{- if or (lt (int $v.gpus) 1) (ne (mod (int $v.gpus) $perNode) 0) -}}
-{{- fail (printf "gpus: %v is not a positive multiple of the %d GPUs per node; use e.g. %d" $v.gpus $perNode (mul $perNode (add1 (div (int $v.gpus) $perNode)))) -}}
-{{- end -}}
-{{- $_ := set $spec.resources "nodes" (div (int $v.gpus) $perNode) -}}
-{{- end -}}
-{{- if $v.s3.bucket -}}
-{{- if hasKey $v.overrides "store" -}}
-{{- fail "overrides.store and s3.bucket both set the store; keep one" -}}
-{{- end -}}
-{{- $prefix := trimAll "/" $v.s3.prefix -}}
-{{- $_ := set $spec "store" (ternary (printf "s3://%s/%s" $v.s3.bucket $prefix) (printf "s3://%s" $v.s3.bucket) (ne $prefix "")) -}}
-{{- end -}}
-{{- $_ := set $spec "run_id" (include "zhllama.runId" .) -}}
-{{- toPrettyJson $spec -}}
-{{- end -}}
-
-{{/*
-Deep-merge .src into .dst (a spec dict) in place. Unknown fields fail; values given as strings by --set are
-converted to the field's type, so `--set overrides.lr=0.001` and `overrides: {lr: 0.001}` give the same spec.
-*/}}
-{{- define "zhllama.mergeOverrides" -}}
-{{- $dst := .dst -}}
-{{- range $key, $value := .src -}}
-{{- $where := printf "%s.%s" $.path $key -}}
-{{- if and (eq $.path "overrides") (has $key (list "stage" "size" "run_id")) -}}
-{{- fail (printf "%s: set the chart value %s instead" $where (ternary "runId" $key (eq $key "run_id"))) -}}
-{{- end -}}
-{{- if not (hasKey $dst $key) -}}
-{{- fail (printf "%s: the %s spec has no field %q (fields: %s)" $where $.stage $key (keys $dst | sortAlpha | join ", ")) -}}
-{{- end -}}
-{{- $current := index $dst $key -}}
-{{- if kindIs "map" $current -}}
-{{- if not (kindIs "map" $value) -}}
-{{- fail (printf "%s: expected a mapping of fields, got %v" $where $value) -}}
-{{- end -}}
-{{- include "zhllama.mergeOverrides" (dict "dst" $current "src" $value "path" $where "stage" $.stage) -}}
-{{- else if and (kindIs "float64" $current) (kindIs "string" $value) -}}
-{{- if not (regexMatch "^[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?$" $value) -}}
-{{- fail (printf "%s: expected a number, got %q" $where $value) -}}
-{{- end -}}
-{{- $_ := set $dst $key (float64 $value) -}}
-{{- else if and (kindIs "string" $current) (or (kindIs "int64" $value) (kindIs "float64" $value)) -}}
-{{- $_ := set $dst $key (toString $value) -}}
-{{- else if and (not (kindIs "invalid" $current)) (not (kindIs "invalid" $value)) (ne (kindOf $current) (kindOf $value)) (not (and (kindIs "float64" $current) (kindIs "int64" $value))) -}}
-{{- fail (printf "%s: expected a %s like %s, got %v" $where (kindOf $current | replace "float64" "number" | replace "slice" "list") (toJson $current) $value) -}}
-{{- else -}}
-{{- $_ := set $dst $key $value -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "zhllama.distributed" -}}
-{{- if has .Values.stage (list "pretrain" "sft") }}true{{ end -}}
+{{/* The spec as the pods read it (/etc/zhllama/spec.json), unchanged. */}}
+{{- define "zhllama.specJson" -}}
+{{- toPrettyJson .Values.spec -}}
 {{- end -}}
 
 {{- define "zhllama.workloadKind" -}}
-{{- if not (include "zhllama.distributed" .) -}}
+{{- if not .Values.launch.distributed -}}
 Job
 {{- else if eq .Values.backend "trainjob" -}}
 TrainJob
@@ -102,16 +22,17 @@ PyTorchJob
 {{- end -}}
 
 {{- define "zhllama.labels" -}}
+{{- $runId := include "zhllama.runId" . -}}
 app.kubernetes.io/name: zhllama
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: {{ .Values.stage }}
+app.kubernetes.io/component: {{ .Values.spec.stage }}
 app.kubernetes.io/part-of: zhllama
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
-zhllama.io/run-id: {{ include "zhllama.runId" . }}
-zhllama.io/stage: {{ .Values.stage }}
-zhllama.io/size: {{ .Values.size | quote }}
+zhllama.io/run-id: {{ $runId }}
+zhllama.io/stage: {{ .Values.spec.stage }}
+zhllama.io/size: {{ .Values.spec.size | quote }}
 {{- end -}}
 
 {{- define "zhllama.serviceAccountName" -}}
@@ -149,15 +70,14 @@ kueue.x-k8s.io/priority-class: {{ . }}
 The image for a run: the GPU training image when the stage requests GPUs, the CPU tools image otherwise.
 */}}
 {{- define "zhllama.image" -}}
-{{- $spec := fromJson (include "zhllama.spec" .) -}}
-{{- $repo := ternary .Values.image.train .Values.image.tools (gt (int $spec.resources.gpus_per_node) 0) -}}
+{{- $repo := ternary .Values.image.train .Values.image.tools (gt (int .Values.spec.resources.gpus_per_node) 0) -}}
 {{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/* The container's command line: torchrun over the operator's PET_* variables, or python for one pod. */}}
 {{- define "zhllama.command" -}}
-{{- $job := printf "/app/jobs/%s.py" .Values.stage -}}
-{{- if include "zhllama.distributed" . -}}
+{{- $job := .Values.launch.entrypoint -}}
+{{- if .Values.launch.distributed -}}
 {{- list "torchrun" "--nnodes=$(PET_NNODES)" "--nproc_per_node=$(PET_NPROC_PER_NODE)" "--node_rank=$(PET_NODE_RANK)" "--master_addr=$(PET_MASTER_ADDR)" "--master_port=$(PET_MASTER_PORT)" $job "--spec" "/etc/zhllama/spec.json" | toJson -}}
 {{- else -}}
 {{- list "python" $job "--spec" "/etc/zhllama/spec.json" | toJson -}}
@@ -196,7 +116,7 @@ The image for a run: the GPU training image when the stage requests GPUs, the CP
       key: {{ .secretAccessKeyKey }}
 {{- end }}
 {{- end }}
-{{- if include "zhllama.distributed" . }}
+{{- if .Values.launch.distributed }}
 {{- with .Values.nccl }}
 - name: NCCL_DEBUG
   value: {{ .debug | quote }}
@@ -232,11 +152,11 @@ The image for a run: the GPU training image when the stage requests GPUs, the CP
 
 {{/* Quantities as strings, the form the API server returns them in. */}}
 {{- define "zhllama.resources" -}}
-{{- $spec := fromJson (include "zhllama.spec" .) -}}
-{{- $gpus := int $spec.resources.gpus_per_node -}}
+{{- $resources := .Values.spec.resources -}}
+{{- $gpus := int $resources.gpus_per_node -}}
 requests:
-  cpu: {{ $spec.resources.cpu | quote }}
-  memory: {{ $spec.resources.memory | quote }}
+  cpu: {{ $resources.cpu | quote }}
+  memory: {{ $resources.memory | quote }}
   {{- if gt $gpus 0 }}
   nvidia.com/gpu: {{ $gpus | quote }}
   {{- end }}
@@ -244,7 +164,7 @@ requests:
   {{ $name }}: {{ $count | quote }}
   {{- end }}
 limits:
-  memory: {{ $spec.resources.memory | quote }}
+  memory: {{ $resources.memory | quote }}
   {{- if gt $gpus 0 }}
   nvidia.com/gpu: {{ $gpus | quote }}
   {{- end }}

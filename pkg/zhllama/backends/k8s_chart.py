@@ -1,15 +1,14 @@
-"""The chart side of the Kubernetes backend: chart values for a spec, rendering through Helm's Go SDK, presets.
+"""The chart side of the Kubernetes backend: the chart values for a spec, and rendering through Helm's Go SDK.
 
-One source of truth renders the objects: charts/zhllama. `ctl submit` turns a resolved spec into the chart
-values a `helm install` user would write (stage, size, bits, s3, overrides) and renders the chart with them;
-the chart computes the spec from files/presets.json, the resolved size presets generated here from
-zhllama.spec. After rendering, ctl reads the spec back from the ConfigMap and refuses to go on if it differs
-from the spec it resolved, so a stale presets file cannot silently run something else.
+One source of truth renders the objects: charts/zhllama. The spec is resolved once, in Python; the chart takes
+it as the value `spec` (copied into the run's ConfigMap unchanged) plus `launch`, what Python derives from it to
+start the pods (distributed or not, the stage's script, pods, processes per pod). `ctl values` prints these
+values for a plain `helm install`, and `ctl submit` renders the chart with the same values, so both create the
+same objects and the chart holds no rule about runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,17 @@ import helm_python
 import yaml
 
 from zhllama.errors import UserError
-from zhllama.spec import PRESETS, STAGE_SPECS, StageSpec, resolve_spec, spec_from_json
+from zhllama.spec import DISTRIBUTED_STAGES, PipelineSpec, StageSpec
+from zhllama.spec.presets import deep_merge
 
 CHART_ENV = "ZHLLAMA_CHART"
-PRESETS_FILE = Path("files") / "presets.json"
-SPEC_KEYS = ("stage", "size", "runId", "bits", "gpus", "overrides")
-"""Chart values that carry the spec; they come from the spec, never from a values file."""
+SPEC_KEYS = ("spec", "launch")
+"""Chart values that only Python computes (from the spec); a values file never sets them."""
+STORE_KEYS = ("bucket", "prefix")
+"""`s3` keys of a `ctl submit --values` file that ctl turns into the spec's store; the chart does not take them."""
+DEFAULT_S3_PREFIX = "zhllama"
+IMAGE_JOBS_DIR = "/app/jobs"
+"""Where images/*.Dockerfile put jobs/ (their ZHLLAMA_JOBS_DIR)."""
 NOTES = "NOTES.txt"
 
 
@@ -37,63 +41,24 @@ def chart_dir() -> Path:
     return path
 
 
-def chart_presets() -> dict[str, Any]:
-    """Every stage's resolved spec per size preset (run id left out): what files/presets.json must hold."""
-    specs: dict[str, dict[str, Any]] = {}
-    for size in PRESETS:
-        specs[size] = {}
-        for stage in STAGE_SPECS:
-            if stage == "pipeline":  # a pipeline is driven by ctl, stage by stage; it has no objects of its own
-                continue
-            resolved = resolve_spec(stage, size=size, run_id="preset").model_dump(mode="json")
-            del resolved["run_id"]
-            specs[size][stage] = resolved
+def resolved_values(spec: StageSpec) -> dict[str, Any]:
+    """The chart values only Python computes: the resolved spec, and how to launch it."""
+    if isinstance(spec, PipelineSpec):
+        raise UserError(
+            "stage pipeline: a pipeline has no chart of its own (ctl drives it stage by stage); "
+            "`ctl values` each stage, or `ctl submit pipeline`"
+        )
+    distributed = spec.stage in DISTRIBUTED_STAGES
     return {
-        "_generated_by": "ctl chart-presets (zhllama.backends.k8s_chart.write_chart_presets); do not edit",
-        "specs": specs,
+        "spec": spec.model_dump(mode="json"),
+        "launch": {
+            "distributed": distributed,
+            "entrypoint": f"{IMAGE_JOBS_DIR}/{spec.stage}.py",
+            # A single-pod stage is one Job pod whatever resources.nodes says.
+            "nodes": spec.resources.nodes if distributed else 1,
+            "procsPerNode": spec.resources.procs_per_node,
+        },
     }
-
-
-def presets_json() -> str:
-    return json.dumps(chart_presets(), indent=1, sort_keys=True) + "\n"
-
-
-def write_chart_presets(chart: Path | None = None) -> Path:
-    """Regenerate files/presets.json from zhllama.spec; returns the path written."""
-    path = (chart or chart_dir()) / PRESETS_FILE
-    path.write_text(presets_json(), encoding="utf-8")
-    return path
-
-
-def spec_values(spec: StageSpec) -> dict[str, Any]:
-    """The chart values that make the chart compute exactly `spec` (the values a helm user would write)."""
-    preset = json.loads((chart_dir() / PRESETS_FILE).read_text(encoding="utf-8"))["specs"][spec.size][spec.stage]
-    resolved = spec.model_dump(mode="json")
-    values: dict[str, Any] = {"stage": spec.stage, "size": spec.size, "runId": resolved.pop("run_id")}
-    if "bits" in resolved:
-        values["bits"] = resolved.pop("bits")
-        preset = {k: v for k, v in preset.items() if k != "bits"}
-    store = resolved["store"]
-    if store.startswith("s3://"):
-        bucket, _, prefix = store.removeprefix("s3://").partition("/")
-        values["s3"] = {"bucket": bucket, "prefix": prefix}
-        del resolved["store"]
-    values["overrides"] = _changed(resolved, preset)
-    return values
-
-
-def _changed(resolved: Mapping[str, Any], preset: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of `resolved` that differ from `preset`, nested like the spec (lists are replaced whole)."""
-    changed: dict[str, Any] = {}
-    for key, value in resolved.items():
-        base = preset.get(key)
-        if isinstance(value, dict) and isinstance(base, dict):
-            inner = _changed(value, base)
-            if inner:
-                changed[key] = inner
-        elif value != base or key not in preset:
-            changed[key] = value
-    return changed
 
 
 def chart_values(spec: StageSpec, cluster_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -102,34 +67,35 @@ def chart_values(spec: StageSpec, cluster_values: Mapping[str, Any] | None = Non
     clashing = sorted(set(cluster) & set(SPEC_KEYS))
     if clashing:
         raise UserError(
-            f"chart values {', '.join(clashing)}: these come from the spec; pass them as ctl flags or --set "
-            "spec fields, not in the values file"
+            f"chart values {', '.join(clashing)}: ctl computes these from the spec; remove them from the values "
+            "file and pass ctl flags (--size, --set, -f, --bits, --gpus, --run-id, --store) instead"
         )
-    values = _merge(cluster, spec_values(spec))
-    return values
+    s3 = cluster.get("s3")
+    if isinstance(s3, Mapping):
+        # ctl's own keys: store_from_values made them the spec's store (unless --store gave one), and the chart's
+        # only store is spec.store.
+        cluster["s3"] = {key: value for key, value in s3.items() if key not in STORE_KEYS}
+    return deep_merge(cluster, resolved_values(spec))
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
+def values_yaml(spec: StageSpec) -> str:
+    """`ctl values`: the spec's chart values as a values file for a plain `helm install`."""
+    values = chart_values(spec)  # first: a pipeline's problem is that it has no chart, not where its store is
+    check_cluster_store(spec)
+    usage = f"# helm install {spec.run_id} charts/zhllama -f <your cluster values> -f <this file>\n"
+    return usage + yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def store_from_values(paths: Sequence[str | Path]) -> str | None:
-    """The store the values files' `s3.bucket`/`s3.prefix` give (files merged as the backend merges them), or None
-    when none sets a bucket; an unset prefix is the chart's default."""
+    """The store the values files' `s3.bucket`/`s3.prefix` give (files merged deeply, later ones winning), or None
+    when none sets a bucket; an unset prefix is DEFAULT_S3_PREFIX."""
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = _merge(merged, load_values_file(Path(path)))
+        merged = deep_merge(merged, load_values_file(Path(path)))
     s3 = merged.get("s3") or {}
     if not isinstance(s3, Mapping) or not s3.get("bucket"):
         return None
-    default = yaml.safe_load((chart_dir() / "values.yaml").read_text(encoding="utf-8"))["s3"]["prefix"]
-    prefix = str(s3.get("prefix", default) or "").strip("/")
+    prefix = str(s3.get("prefix", DEFAULT_S3_PREFIX) or "").strip("/")
     return f"s3://{s3['bucket']}/{prefix}" if prefix else f"s3://{s3['bucket']}"
 
 
@@ -137,8 +103,8 @@ def check_cluster_store(spec: StageSpec) -> None:
     """A cluster run's store must outlive its pods: refuse file:// (the pod's own disk)."""
     if spec.store.startswith("file://"):
         raise UserError(
-            f"store: {spec.store} is the pod's own disk and is lost with it; pass --store s3://bucket/prefix, "
-            "set ZHLLAMA_STORE, or set s3.bucket in a --values file"
+            f"store: {spec.store} is the pod's own disk and is lost with it; pass --store s3://bucket/prefix or "
+            "set ZHLLAMA_STORE (ctl submit: or s3.bucket in a --values file)"
         )
 
 
@@ -203,22 +169,3 @@ def to_yaml(objects: list[tuple[str, dict[str, Any]]]) -> str:
         f"---\n# Source: {template}\n{yaml.dump(obj, Dumper=_ManifestDumper, sort_keys=False)}"
         for template, obj in objects
     )
-
-
-def rendered_spec(objects: list[tuple[str, dict[str, Any]]]) -> StageSpec:
-    """The spec the chart put into the run's ConfigMap."""
-    for _, obj in objects:
-        if obj.get("kind") == "ConfigMap" and "spec.json" in obj.get("data", {}):
-            return spec_from_json(json.loads(obj["data"]["spec.json"]))
-    raise UserError("the chart rendered no spec ConfigMap: charts/zhllama is broken")
-
-
-def check_rendered_spec(spec: StageSpec, objects: list[tuple[str, dict[str, Any]]]) -> None:
-    chart_spec = rendered_spec(objects)
-    if chart_spec != spec:
-        ours, theirs = spec.model_dump(mode="json"), chart_spec.model_dump(mode="json")
-        fields = sorted(k for k in ours if ours[k] != theirs.get(k))
-        raise UserError(
-            f"charts/zhllama computes a different spec (fields: {', '.join(fields)}): its presets are stale; "
-            "run `ctl chart-presets` to regenerate charts/zhllama/files/presets.json"
-        )

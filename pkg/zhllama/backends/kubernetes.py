@@ -17,15 +17,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from zhllama.backends.base import RunStatus
-from zhllama.backends.k8s_chart import (
-    chart_values,
-    check_rendered_spec,
-    load_values_file,
-    render,
-    render_notes,
-    to_yaml,
-)
+from zhllama.backends.k8s_chart import chart_values, load_values_file, render, render_notes, to_yaml
 from zhllama.backends.k8s_state import (
     CANCELLED_ANNOTATION,
     KIND_ANNOTATION,
@@ -35,13 +27,16 @@ from zhllama.backends.k8s_state import (
     derive_status,
 )
 from zhllama.errors import UserError
-from zhllama.runs import now, run_key, spec_record
-from zhllama.spec import StageSpec
-from zhllama.store import open_store
+from zhllama.run import RunStatus, attached, now, open_run, read_record, reconcile, transition
+from zhllama.spec import PipelineSpec, StageSpec
+from zhllama.spec.presets import deep_merge
+from zhllama.store import ArtifactStore, open_store
 
 Obj = dict[str, Any]
 DIGEST_ANNOTATION = "zhllama.io/spec-sha256"
 GONE = 410
+GONE_VERSION = "gone"
+"""What `_changes` yields when the watched resourceVersion was compacted away."""
 
 
 class KubernetesBackend:
@@ -53,6 +48,7 @@ class KubernetesBackend:
         *,
         api_client: client.ApiClient | None = None,
         watch_timeout_seconds: int = 10,
+        store_uri: str | None = None,
     ) -> None:
         """`values_files`: chart values for cluster settings; `api_client`: a configured client (default:
         the kubeconfig's current context, or the in-cluster service account)."""
@@ -60,9 +56,10 @@ class KubernetesBackend:
         self.job_kind = job_kind
         self.cluster_values: Obj = {}
         for path in values_files:
-            self.cluster_values = {**self.cluster_values, **load_values_file(Path(path))}
+            self.cluster_values = deep_merge(self.cluster_values, load_values_file(Path(path)))
         self._api_client = api_client
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.store_uri = store_uri
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -97,36 +94,44 @@ class KubernetesBackend:
     # -- submit -------------------------------------------------------------------------------------------
 
     def objects(self, spec: StageSpec) -> list[tuple[str, Obj]]:
-        """The run's objects rendered from the chart, checked to carry exactly `spec`."""
+        """The run's objects rendered from the chart, which carries `spec` into its ConfigMap unchanged."""
         values = chart_values(spec, {**self.cluster_values, "backend": self.job_kind})
-        objects = render(values, release=spec.run_id, namespace=self.namespace)
-        check_rendered_spec(spec, objects)
-        return objects
+        return render(values, release=spec.run_id, namespace=self.namespace)
 
     def render(self, spec: StageSpec) -> str:
-        """`--dry-run`: the manifests, as `helm template` prints them."""
-        return to_yaml(self.objects(spec))
+        """`--dry-run`: the manifests, as `helm template` prints them; a pipeline's step by step."""
+        if not isinstance(spec, PipelineSpec):
+            return to_yaml(self.objects(spec))
+        from zhllama.pipeline import plan
+
+        # A pipeline has no objects of its own: ctl submits each step's chart in turn.
+        return "".join(f"# pipeline step {step}: run {step_spec.run_id}\n{to_yaml(self.objects(step_spec))}"
+                       for step, step_spec in plan(spec))
 
     def submit(self, spec: StageSpec, *, force: bool = False) -> RunStatus:
-        """Create the run's objects; the same spec again attaches, a different one needs `force`."""
+        """Create the run's objects; the same spec again attaches, a different one needs `force`.
+
+        A finished run that did not succeed (failed, cancelled) is started again as its next attempt: its old
+        objects go first, since the operator would not rerun a finished job (training resumes from checkpoints).
+        """
         objects = [obj for _, obj in self.objects(spec)]
+        store = open_store(spec.store)
         digest = _configmap(objects)["metadata"]["annotations"][DIGEST_ANNOTATION]
         existing = self._get_configmap(spec.run_id)
         if existing is not None:
-            annotations = existing["metadata"].get("annotations") or {}
-            if annotations.get(DIGEST_ANNOTATION) != digest:
-                if not force:
-                    raise UserError(
-                        f"run {spec.run_id} already exists in namespace {self.namespace} with a different spec; "
-                        "pass --force to replace it, or choose another --run-id"
-                    )
-                self._delete_objects(spec.run_id, objects)
-            elif CANCELLED_ANNOTATION in annotations:
-                # Submitting a cancelled run again restarts it (training resumes from its last checkpoint).
-                self._annotate(spec.run_id, {CANCELLED_ANNOTATION: None})
+            same = (existing["metadata"].get("annotations") or {}).get(DIGEST_ANNOTATION) == digest
+            if not same and not force:
+                raise UserError(
+                    f"run {spec.run_id} already exists in namespace {self.namespace} with a different spec; "
+                    "pass --force to replace it, or choose another --run-id"
+                )
+            current = attached(store, spec, self.status) if same else None
+            if current is not None:
+                return current
+            self._delete_objects(spec.run_id)
+        open_run(store, spec, backend="kubernetes", force=force, namespace=self.namespace)
         for obj in objects:
             self._create(obj)
-        self._record(spec)
         return self.status(spec.run_id)
 
     def notes(self, spec: StageSpec) -> str:
@@ -139,17 +144,6 @@ class KubernetesBackend:
         self.core.patch_namespaced_config_map(f"{run_id}-spec", self.namespace,
                                               {"metadata": {"annotations": annotations}},
                                               _content_type="application/merge-patch+json")
-
-    def _record(self, spec: StageSpec) -> None:
-        """Put the run in the store like a local one, so `ctl status/ls` find it and know where it runs."""
-        store = open_store(spec.store)
-        store.write_json(run_key(spec.run_id, "spec.json"), spec_record(spec))
-        try:
-            status = store.read_json(run_key(spec.run_id, "status.json"))
-        except FileNotFoundError:
-            status = {"run_id": spec.run_id, "stage": spec.stage, "state": "Pending", "updated": now()}
-        store.write_json(run_key(spec.run_id, "status.json"),
-                         {**status, "backend": "kubernetes", "namespace": self.namespace})
 
     def _create(self, obj: Obj) -> None:
         try:
@@ -177,7 +171,7 @@ class KubernetesBackend:
             raise UserError(f"the chart rendered a {kind}, which ctl does not know how to create")
         return creators[kind]
 
-    def _delete_objects(self, run_id: str, objects: Sequence[Obj], timeout_seconds: float = 120) -> None:
+    def _delete_objects(self, run_id: str, timeout_seconds: float = 120) -> None:
         """Delete the run's objects and wait until they are gone, so their names can be reused."""
         kind = self._kind(run_id)
         self._delete_workload(run_id, kind)
@@ -237,8 +231,11 @@ class KubernetesBackend:
         pods = _as_dict(self.api, self.core.list_namespaced_pod(self.namespace, label_selector=selector))
         return sorted(pods.get("items") or [], key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
-    def status(self, run_id: str) -> RunStatus:
-        configmap = self._configmap_or_fail(run_id)
+    def observe(self, run_id: str) -> RunStatus | None:
+        """The run's state from its job object, pods and events; None when it has no objects here."""
+        configmap = self._get_configmap(run_id)
+        if configmap is None:
+            return None
         kind = self._kind(run_id, configmap)
         workload = self._get_workload(run_id, kind)
         pods = self._pods(kind.pod_selector.format(run=run_id)) if workload is not None else []
@@ -246,6 +243,17 @@ class KubernetesBackend:
             self.namespace, field_selector=f"involvedObject.name={run_id}")).get("items") or []
         stage = configmap["metadata"].get("labels", {}).get("zhllama.io/stage", "")
         return derive_status(run_id, stage, configmap, workload, pods, events)
+
+    def _run_store(self, run_id: str) -> ArtifactStore:
+        """The store the run records itself in: the one it was asked about, else its spec's."""
+        if self.store_uri is not None:
+            return open_store(self.store_uri)
+        spec = json.loads(self._configmap_or_fail(run_id)["data"]["spec.json"])
+        return open_store(spec["store"])
+
+    def status(self, run_id: str) -> RunStatus:
+        store = self._run_store(run_id)
+        return reconcile(store, read_record(store, run_id), self.observe(run_id))
 
     def list_runs(self) -> list[RunStatus]:
         """Every zhllama run in the namespace (one per spec ConfigMap)."""
@@ -266,33 +274,34 @@ class KubernetesBackend:
         while True:
             if version is None:
                 version = _as_dict(self.api, self._list_workloads(kind, run_id))["metadata"]["resourceVersion"]
-            current = self.status(run_id)
-            if current != last:
-                yield current
-                last = current
-            if current.finished:
-                return
-            try:
-                for event in watch.Watch().stream(
-                    lambda **kw: self._list_workloads(kind, run_id, **kw), resource_version=version,
-                    allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_seconds,
-                ):
-                    version = event["raw_object"]["metadata"]["resourceVersion"]
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    current = self.status(run_id)
-                    if current != last:
-                        yield current
-                        last = current
-                    if current.finished:
-                        return
-            except ApiException as err:
-                if err.status != GONE:
-                    raise
-                version = None  # too old: list again and watch from the fresh version
+            for change in self._changes(run_id, kind, version):
+                if isinstance(change, str):
+                    version = None if change == GONE_VERSION else change
+                    continue
+                if change != last:
+                    yield change
+                    last = change
+                if change.finished:
+                    return
 
-    def wait(self, run_id: str, *, poll_seconds: float = 2.0) -> RunStatus:
-        """Block until the run finishes (watching, not polling; poll_seconds is ignored)."""
+    def _changes(self, run_id: str, kind: WorkloadKind, version: str) -> Iterator[RunStatus | str]:
+        """The run's status now, then after each event of one watch; the newer resourceVersions as strings."""
+        yield self.status(run_id)
+        try:
+            for event in watch.Watch().stream(
+                lambda **kw: self._list_workloads(kind, run_id, **kw), resource_version=version,
+                allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_seconds,
+            ):
+                yield event["raw_object"]["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    yield self.status(run_id)
+        except ApiException as err:
+            if err.status != GONE:
+                raise
+            yield GONE_VERSION  # too old: list again and watch from the fresh version
+
+    def wait(self, run_id: str) -> RunStatus:
+        """Block until the run finishes (watching, not polling)."""
         final = self.status(run_id)
         for final in self.watch(run_id):  # noqa: B007 (the last state seen is the answer)
             pass
@@ -335,27 +344,16 @@ class KubernetesBackend:
             time.sleep(1.0)
 
     def cancel(self, run_id: str) -> RunStatus:
-        """Stop the run: delete its job object (and so its pods), mark the spec ConfigMap cancelled."""
+        """Stop the run: record the cancel, delete its job object (and so its pods), mark the ConfigMap."""
         current = self.status(run_id)
         if current.finished:
             return current
         configmap = self._configmap_or_fail(run_id)
+        transition(self._run_store(run_id), run_id, "Cancelled", by="cancel", reason="Cancelled",
+                   message="stopped by ctl cancel")
         self._annotate(run_id, {CANCELLED_ANNOTATION: now()})
         self._delete_workload(run_id, self._kind(run_id, configmap))
-        cancelled = self.status(run_id)
-        self._record_cancel(configmap)
-        return cancelled
-
-    def _record_cancel(self, configmap: Obj) -> None:
-        spec = json.loads(configmap["data"]["spec.json"])
-        store = open_store(spec["store"])
-        key = run_key(spec["run_id"], "status.json")
-        try:
-            status = store.read_json(key)
-        except FileNotFoundError:
-            status = {"run_id": spec["run_id"], "stage": spec["stage"]}
-        store.write_json(key, {**status, "state": "Cancelled", "reason": "Cancelled",
-                               "message": "stopped by ctl cancel", "updated": now()})
+        return self.status(run_id)
 
 
 def _configmap(objects: Sequence[Obj]) -> Obj:
