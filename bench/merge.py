@@ -209,13 +209,22 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        started = time.perf_counter()
-        extra = (child_streaming if args.child == "streaming" else child_naive)(args.workdir, args.max_shard_bytes)
-        seconds = time.perf_counter() - started
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-        print(json.dumps({"seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb * 1024 / 1e6, 1), **extra}))
-        return
+        child_main(args)
+    else:
+        compare_merges(args)
 
+
+def child_main(args: argparse.Namespace) -> None:
+    """One merge method in a process of its own, so its peak RSS is its own."""
+    started = time.perf_counter()
+    extra = (child_streaming if args.child == "streaming" else child_naive)(args.workdir, args.max_shard_bytes)
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    print(json.dumps({"seconds": round(seconds, 1), "peak_rss_mb": round(peak_kb * 1024 / 1e6, 1), **extra}))
+
+
+def compare_merges(args: argparse.Namespace) -> None:
+    """Build the random base and adapters, then run both merges side by side and compare their outputs."""
     max_shard_bytes = parse_size(args.max_shard_size)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-merge-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.pod_checks import scenario_checks  # noqa: E402
-from tests.e2e.pods import PodCluster, Scenario, code_root, fault_scenario, input_prefixes  # noqa: E402
+from tests.e2e.pods import PodCluster, code_root  # noqa: E402
 from tests.e2e.s3_servers import is_metadata  # noqa: E402
+from tests.e2e.scenario import Scenario, fault_scenario, input_prefixes  # noqa: E402
 from tests.train.tiny import build_tiny_set  # noqa: E402
 
 
@@ -32,14 +33,25 @@ def _artifact_bytes(objects: dict[str, int], prefixes: tuple[str, ...]) -> int:
 
 def figures_of(scenario: Scenario) -> list[dict[str, Any]]:
     """The traffic figures of a finished scenario (see the module docstring)."""
-    cluster, sizes = scenario.cluster, scenario.sizes
+    cluster = scenario.cluster
     prefixes = input_prefixes(scenario)
     objects = cluster.objects()
     inputs_bytes = _artifact_bytes(objects, prefixes)
     payload_bytes = sum(s for k, s in objects.items() if k.startswith(prefixes) and not is_metadata(k))
     common = {"code": str(code_root()), "pods": 2, "nproc_per_node": 2, "world_size": 4, "zero_stage": 0}
-    figures: list[dict[str, Any]] = []
+    figures = [*_start_figures(scenario, common, inputs_bytes, payload_bytes), *_checkpoint_figures(scenario, common),
+               *_resume_figures(scenario, common, inputs_bytes)]
+    checks = scenario_checks(scenario)
+    figures.append({"figure": "checks", **common, "passed": [c.name for c in checks if c.ok],
+                    "failed": {c.name: c.detail for c in checks if not c.ok}, "seconds": scenario.seconds})
+    return figures
 
+
+def _start_figures(scenario: Scenario, common: dict[str, Any], inputs_bytes: int,
+                   payload_bytes: int) -> list[dict[str, Any]]:
+    """What each pod read of the inputs when the job started."""
+    sizes, prefixes = scenario.sizes, input_prefixes(scenario)
+    figures: list[dict[str, Any]] = []
     for pod, traffic in scenario.traffic["start"].items():
         def is_input(key: str) -> bool:
             return key.startswith(prefixes)
@@ -55,8 +67,12 @@ def figures_of(scenario: Scenario) -> list[dict[str, Any]]:
             "payload_objects_read_more_than_once": sum(1 for k, n in downloads.items() if n > 1 and not is_metadata(k)),
             "metadata_gets": sum(n for k, n in traffic.gets(is_input).items() if is_metadata(k)),
         })
+    return figures
 
-    reference = scenario.reference
+
+def _checkpoint_figures(scenario: Scenario, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each pod wrote of each checkpoint step of the uninterrupted run."""
+    reference, figures = scenario.reference, []
     for step, files in scenario.checkpoint_sizes.items():
         prefix = f"runs/{reference}/checkpoints/step-{step}/"
         step_bytes, engine = sum(files.values()), scenario.engine_sizes[step]
@@ -68,7 +84,12 @@ def figures_of(scenario: Scenario) -> list[dict[str, Any]]:
                 "written_over_engine_pt": round(written / engine, 3) if engine else None,
                 "step_over_engine_pt": round(step_bytes / engine, 3) if engine else None,
             })
+    return figures
 
+
+def _resume_figures(scenario: Scenario, common: dict[str, Any], inputs_bytes: int) -> list[dict[str, Any]]:
+    """What each pod read of the checkpoints (and inputs) when the killed job resumed."""
+    sizes, prefixes, figures = scenario.sizes, input_prefixes(scenario), []
     present = scenario.restart_checkpoints
     resumed = scenario.resumed_from_step
     resumed_prefix = f"runs/{scenario.killed}/checkpoints/step-{resumed}/"
@@ -88,9 +109,6 @@ def figures_of(scenario: Scenario) -> list[dict[str, Any]]:
             "inputs_read_bytes": traffic.bytes_read(sizes, lambda key: key.startswith(prefixes)),
             "inputs_bytes": inputs_bytes,
         })
-    checks = scenario_checks(scenario)
-    figures.append({"figure": "checks", **common, "passed": [c.name for c in checks if c.ok],
-                    "failed": {c.name: c.detail for c in checks if not c.ok}, "seconds": scenario.seconds})
     return figures
 
 

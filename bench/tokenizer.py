@@ -18,10 +18,12 @@ from typing import Any
 import sentencepiece as spm
 from tokenizers import Tokenizer
 
-from zhllama.tokenizer import build_tokenizer, peoples_daily_lines, tokens_per_char
+from zhllama.embedded.peoples_daily import paragraph_texts, peoples_daily
+from zhllama.tokenizer import build_tokenizer, tokens_per_char
 from zhllama.tokenizer.hf_export import sentencepiece_to_fast
 from zhllama.tokenizer.parity import english_sample
-from zhllama.tokenizer.sentencepiece_merge import load_sentencepiece, merge_sentencepiece
+from zhllama.tokenizer.proto import load_sentencepiece
+from zhllama.tokenizer.sentencepiece_merge import merge_sentencepiece
 from zhllama.tokenizer.tokens import encode_lines
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -54,7 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="SentencePiece training threads")
     args = parser.parse_args()
-    lines = list(peoples_daily_lines())
+    daily = peoples_daily()
+    lines = paragraph_texts(daily.train + daily.heldout)
     heldout = lines[-HELDOUT_LINES:]
     scratch = Path(tempfile.mkdtemp(prefix="zhllama-bench-tokenizer-"))
     corpus = scratch / "peoples_daily.txt"

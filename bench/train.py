@@ -21,8 +21,10 @@ import torch
 from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
 from zhllama.embedded.models import smollm2_gguf
 from zhllama.embedded.registry import package_file
+from zhllama.models.gguf import import_gguf
+from zhllama.models.loading import load_tokenizer
 from zhllama.spec import TrainSpec
-from zhllama.train import import_gguf, load_tokenizer, train
+from zhllama.train import train
 
 
 def peoples_daily(start: int, count: int) -> list[str]:

@@ -17,3 +17,8 @@ class SpecError(UserError):
 
 class ArtifactError(UserError):
     """An artifact in the store is missing, incomplete (no manifest) or corrupt (checksum mismatch)."""
+
+
+class StoreUnavailable(UserError):
+    """The store cannot be used at all: its endpoint is unreachable, the credentials are missing or refused, or
+    the bucket does not exist. The message names the store and what to check; it never contains a secret."""

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from zhllama.backends.base import Backend
+from zhllama.errors import UserError
 from zhllama.run import RunStatus, changed_inputs, now, open_run, run_key, transition
+from zhllama.run.heartbeat import Heartbeat
 from zhllama.spec import PipelineSpec, StageSpec, TrainSpec, resolve_spec
 from zhllama.spec.presets import deep_merge
-from zhllama.store import open_store
+from zhllama.store import ArtifactStore, open_store
 
 EVAL_VARIANTS = ("base", "pretrain", "sft")
 
@@ -81,16 +83,34 @@ def run_pipeline(
     *,
     on_step: Callable[[str, StageSpec], None] | None = None,
     force: bool = False,
+    verify: bool = False,
 ) -> RunStatus:
     """Run every step in order, each waiting on the last; stops at the first step that does not succeed."""
     store = open_store(spec.store)
     steps = plan(spec)
-    open_run(store, spec, backend="pipeline", force=force)
-    # Who drives the pipeline, so a reader on this host can tell a stopped driver from a running one.
+    record, mine = open_run(store, spec, backend="pipeline", force=force)
+    if not mine:
+        raise UserError(f"pipeline {spec.run_id} was started by another ctl at this same moment; "
+                        f"follow it with `ctl watch {spec.run_id}`")
+    # Who drives the pipeline, so a reader can tell a stopped driver from a running one (same host: its pid;
+    # any host: its heartbeat).
     transition(store, spec.run_id, "Running", by="pipeline", started=now(), host=socket.gethostname(), pid=os.getpid())
+    with Heartbeat(store, spec.run_id, record.attempt):
+        return _run_steps(store, spec, steps, backend, on_step, force, verify)
+
+
+def _run_steps(
+    store: ArtifactStore,
+    spec: PipelineSpec,
+    steps: list[tuple[str, StageSpec]],
+    backend: Backend,
+    on_step: Callable[[str, StageSpec], None] | None,
+    force: bool,
+    verify: bool,
+) -> RunStatus:
     progress: dict[str, Any] = {"run_id": spec.run_id, "steps": {step: {"run_id": s.run_id} for step, s in steps}}
     for step, step_spec in steps:
-        status = _run_step(store, backend, step, step_spec, on_step, force)
+        status = _run_step(store, backend, step, step_spec, on_step, force, verify)
         progress["steps"][step].update(state=status.state, reason=status.reason)
         store.write_json(run_key(spec.run_id, "pipeline.json"), {**progress, "updated": now()})
         if status.state != "Succeeded":
@@ -109,19 +129,20 @@ def run_pipeline(
 
 
 def _run_step(
-    store: Any,
+    store: ArtifactStore,
     backend: Backend,
     step: str,
     step_spec: StageSpec,
     on_step: Callable[[str, StageSpec], None] | None,
     force: bool,
+    verify: bool,
 ) -> RunStatus:
     if changed_inputs(store, step_spec.run_id, type(step_spec).outputs):
         # An upstream step ran again: this step's finished outputs were made from what it replaced.
         print(f"==> {step}: inputs changed, running it again", flush=True)
         # Its checkpoints were trained on the replaced inputs: start over rather than resume from them.
         store.delete_prefix(run_key(step_spec.run_id, "checkpoints"))
-    status = backend.submit(step_spec, force=force)
+    status = backend.submit(step_spec, force=force, verify=verify)
     if on_step is not None and not status.finished:
         on_step(step, step_spec)
     return backend.wait(step_spec.run_id)

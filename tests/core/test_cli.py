@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.core.test_local_backend import JOB
+from tests.core.standin import JOB
 
 CTL = shutil.which("ctl") or str(Path(sys.executable).parent / "ctl")
 
@@ -72,3 +72,37 @@ def test_explain_documents_every_field(stage: str) -> None:
     done = ctl("explain", stage)
     assert done.returncode == 0
     assert "run_id" in done.stdout and "Root URI of the artifact store" in done.stdout
+
+
+def test_cancel_of_a_run_that_does_not_exist_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = ctl("cancel", "nosuch", "--store", f"file://{tmp_path / 'store'}", env={"ZHLLAMA_STATE": str(state)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: no run 'nosuch' in ") and len(done.stderr.splitlines()) == 1
+    assert not (state / "nosuch").exists()
+
+
+def test_a_misspelt_pipeline_override_and_a_set_size_are_refused() -> None:
+    done = ctl("run", "pipeline", "--size", "tiny", "--set", "overrides.tokenizr.vocab_size=5000",
+               "--set", "size=7b", "--dry-run")
+    assert done.returncode == 2, done.stdout
+    assert "overrides: 'tokenizr' is not a pipeline stage" in done.stderr
+    assert "size: '7b' cannot be set as a field; it comes from --size (here 'tiny')" in done.stderr
+
+
+def test_explain_shows_the_chosen_presets_values() -> None:
+    done = ctl("explain", "pretrain", "--size", "tiny")
+    assert done.returncode == 0, done.stderr
+    assert "block_size: 64  (preset tiny; default 512)" in done.stdout
+
+
+def test_a_pipelines_report_can_be_pulled(tmp_path: Path) -> None:
+    from zhllama.store import DirStore
+
+    store = DirStore(tmp_path / "store")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("# Report\n")
+    store.publish_dir(tmp_path / "report", "runs/pl1/report")
+    done = ctl("pull", "pl1", str(tmp_path / "dest"), "--store", f"file://{tmp_path / 'store'}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dest" / "report" / "report.md").read_text() == "# Report\n"

@@ -3,56 +3,25 @@
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.core.standin import install_job, tokenizer_spec, wait_for
 from zhllama.backends.local import LocalBackend
 from zhllama.errors import UserError
 from zhllama.run import open_run, read_record, transition
-from zhllama.spec import resolve_spec
-
-JOB = """
-import os, time
-from zhllama.errors import UserError
-from zhllama.run import open_run, read_record, transition
-from zhllama.run import job_main
-
-def stage(ctx):
-    mode = os.environ.get("TEST_JOB_MODE", "ok")
-    print(f"working on {ctx.run_id}", flush=True)
-    if mode == "sleep":
-        time.sleep(120)
-    if mode == "fail":
-        raise UserError("corpus.txt:3: not UTF-8; convert the file to UTF-8")
-    out = ctx.output_dir("tokenizer")
-    (out / "tokenizer.json").write_text("{}")
-    ctx.publish("tokenizer")
-    print("done", flush=True)
-
-job_main("tokenizer", stage)
-"""
+from zhllama.spec import StageSpec, resolve_spec
 
 
 @pytest.fixture
 def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalBackend:
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    (jobs / "tokenizer.py").write_text(JOB)
-    monkeypatch.setenv("ZHLLAMA_JOBS_DIR", str(jobs))
+    install_job(tmp_path, monkeypatch)
     return LocalBackend(f"file://{tmp_path / 'store'}")
 
 
-def spec(backend: LocalBackend, run_id: str, **values: object):  # type: ignore[no-untyped-def]
-    return resolve_spec("tokenizer", size="tiny", run_id=run_id, values={"store": backend.store.root_uri, **values})
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+def spec(backend: LocalBackend, run_id: str, **values: object) -> StageSpec:
+    return tokenizer_spec(backend.store.root_uri, run_id, **values)
 
 
 def test_a_run_succeeds_publishes_and_keeps_its_log(backend: LocalBackend) -> None:
@@ -64,7 +33,7 @@ def test_a_run_succeeds_publishes_and_keeps_its_log(backend: LocalBackend) -> No
     assert final.state == "Succeeded", final
     assert backend.store.is_complete("runs/ok-run/outputs/tokenizer")
     assert backend.store.read_json("runs/ok-run/spec.json") == s.model_dump(mode="json")
-    assert b"done" in backend.store.read_bytes("runs/ok-run/logs/job.log")
+    assert b"done" in backend.store.read_bytes("runs/ok-run/logs/attempt-1.log")
     assert [r.run_id for r in backend.list_runs()] == ["ok-run"]
 
 
@@ -101,7 +70,7 @@ def test_a_user_error_fails_the_run_with_its_reason(backend: LocalBackend, monke
 def test_cancel_stops_the_process_group(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_JOB_MODE", "sleep")
     backend.submit(spec(backend, "long"))
-    wait_for(lambda: backend.status("long").state == "Running")
+    wait_for(lambda: read_record(backend.store, "long").state == "Running")
     pid = json.loads((backend.state_dir / "long" / "process.json").read_text())["pid"]
     final = backend.cancel("long")
     assert (final.state, final.reason) == ("Cancelled", "Cancelled")
@@ -112,7 +81,7 @@ def test_cancel_stops_the_process_group(backend: LocalBackend, monkeypatch: pyte
 def test_a_killed_run_is_reported_failed_not_running(backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_JOB_MODE", "sleep")
     backend.submit(spec(backend, "killed"))
-    wait_for(lambda: backend.status("killed").state == "Running")
+    wait_for(lambda: read_record(backend.store, "killed").state == "Running")
     pid = json.loads((backend.state_dir / "killed" / "process.json").read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not backend._alive(pid))

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from zhllama.data import blocks_key, build_blocks, iter_documents, list_data_files, load_blocks
 from zhllama.errors import UserError
-from zhllama.runs import input_fingerprint
+from zhllama.run import input_fingerprint
 from zhllama.store import DirStore
 
 EOS = 1

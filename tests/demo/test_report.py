@@ -11,7 +11,7 @@ import pytest
 
 from zhllama.pipeline import plan
 from zhllama.report import write_report
-from zhllama.runs import run_key
+from zhllama.run import run_key
 from zhllama.spec import PipelineSpec, StageSpec, resolve_spec
 from zhllama.store import ArtifactStore, DirStore
 

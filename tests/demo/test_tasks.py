@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tests.fixtures.char_tokenizer import chunk_tokenizer
+from tests.fixtures.tiny_llama import scripted_llama, tiny_llama
 from zhllama.errors import UserError
-from zhllama.eval.generation import DecodingSettings
 from zhllama.eval.tasks import (
     TaskExample,
     greedy_answers,
@@ -21,6 +20,7 @@ from zhllama.eval.tasks import (
     score_task,
     segmentation_counts,
 )
+from zhllama.generate import DecodingSettings
 from zhllama.prompts import ALPACA_PROLOGUE, alpaca_prompt
 
 INSTRUCTION = "判断情感，回答是或否。"
@@ -30,33 +30,12 @@ INPUTS = ["很好", "太差了", "一般般吧", "非常满意，下次还来"]
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """One token per character of ASCII, the Alpaca template and the test texts; <s> is not added."""
     text = "".join(chr(c) for c in range(32, 127)) + "\n" + ALPACA_PROLOGUE + INSTRUCTION + "".join(INPUTS) + "是否"
-    vocab = {piece: index for index, piece in enumerate(["<unk>", "<s>", "</s>", *sorted(set(text))])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(config).eval()
+    return chunk_tokenizer(sorted(set(text)), add_bos=False)
 
 
 def always_says(tokenizer: PreTrainedTokenizerFast, piece: str) -> LlamaForCausalLM:
-    """A model whose next token is `piece` after any input: attention and MLP silenced, one lm_head row set."""
-    model = tiny_model(len(tokenizer))
-    with torch.no_grad():
-        model.model.embed_tokens.weight.fill_(1.0)
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.zero_()
-        hidden = model.model.norm(torch.ones(1, 64))[0]
-        model.lm_head.weight[tokenizer.convert_tokens_to_ids(piece)] = hidden * 10 / hidden.dot(hidden)
-    return model
+    """A model whose next token is `piece` after any input."""
+    return scripted_llama(tokenizer, {piece: 10.0})
 
 
 def test_the_first_label_mentioned_is_the_prediction() -> None:
@@ -125,7 +104,7 @@ def test_segmentation_f1_of_a_model_that_answers_one_character() -> None:
 def test_batched_greedy_answers_match_one_at_a_time() -> None:
     """Left padding must not change what a prompt's answer is."""
     tokenizer = char_tokenizer()
-    model = tiny_model(len(tokenizer), seed=3)
+    model = tiny_llama(len(tokenizer), seed=3, tied=False)
     prompts = [INSTRUCTION + text for text in INPUTS]  # different lengths: the batch is padded
     batched = greedy_answers(model, tokenizer, prompts, max_new_tokens=6)
     alone = [greedy_answers(model, tokenizer, [prompt], max_new_tokens=6)[0] for prompt in prompts]
@@ -135,7 +114,7 @@ def test_batched_greedy_answers_match_one_at_a_time() -> None:
 
 def test_sample_generations_are_reproducible_with_the_seed() -> None:
     tokenizer = char_tokenizer()
-    model = tiny_model(len(tokenizer), seed=5)
+    model = tiny_llama(len(tokenizer), seed=5, tied=False)
     settings = DecodingSettings(max_new_tokens=5)
     first = sample_generations(model, tokenizer, INPUTS[:2], True, settings, seed=7)
     assert first == sample_generations(model, tokenizer, INPUTS[:2], True, settings, seed=7)

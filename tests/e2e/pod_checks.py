@@ -12,8 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.pods import PodCluster, Scenario, code_root, fault_scenario, input_prefixes
+from tests.e2e.pods import PodCluster, code_root
 from tests.e2e.s3_servers import is_metadata
+from tests.e2e.scenario import Scenario, fault_scenario, input_prefixes
 
 # --- what the scenario shows ---------------------------------------------------------------------------------------
 

@@ -13,15 +13,13 @@ What a cluster does, reproduced on one machine:
   counts come from those logs, never from the project's own counters. `--dir-cache-time 1ms` keeps the servers
   consistent with each other (their directory caches would otherwise hide what another server just wrote).
 
-The fault scenario (`fault_scenario`; its checks are in pod_checks.py) is shared by
-tests/e2e/test_two_pods.py (asserts them) and bench/scale_traffic.py (reports figures).
+The fault scenario over these pods is in scenario.py (its checks in pod_checks.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import signal
@@ -357,104 +355,3 @@ class PodCluster:
     def adapter_record(self, run_id: str) -> dict[str, Any]:
         record: dict[str, Any] = self.read_json(f"runs/{run_id}/outputs/adapter/zhllama_adapter.json")
         return record
-
-
-# --- the scenario: inputs once per pod, one copy per checkpoint, kill -9 and resume -------------------------------
-
-
-@dataclass
-class Scenario:
-    cluster: PodCluster
-    inputs: dict[str, str]
-    """Input name -> store:// URI."""
-    reference: str
-    killed: str
-    """Run ids: an uninterrupted run, and the same spec killed and restarted."""
-    traffic: dict[str, dict[str, Traffic]]
-    """Phase (reference, start, resume) -> pod -> its requests."""
-    sizes: dict[str, int]
-    """Object sizes: every object written during the scenario (the last upload) or still in the store."""
-    killed_after_step: int
-    restart_checkpoints: dict[str, int]
-    """The checkpoint objects in the store when the pods restarted (key -> size)."""
-    resume_window_end: float
-    """When the resumed job began writing its first checkpoint: reads before it are the resume's."""
-    checkpoint_sizes: dict[int, dict[str, int]]
-    """The uninterrupted run's complete checkpoint steps: step -> key under the step -> size."""
-    engine_sizes: dict[int, int]
-    """Step -> size of rank 0's engine state file (engine.pt)."""
-    losses: dict[str, list[tuple[int, float]]]
-    resumed_from_step: int | None
-    seconds: dict[str, float]
-
-
-def input_prefixes(scenario: Scenario) -> tuple[str, ...]:
-    return tuple(f"{uri.removeprefix('store://').strip('/')}/" for uri in scenario.inputs.values()) + ("cache/",)
-
-
-def fault_scenario(cluster: PodCluster, tiny: dict[str, Path], *, max_steps: int = 16, checkpoint_every: int = 4,
-                   kill_after_step: int = 8, timeout_s: float = 240, tag: str = "") -> Scenario:
-    """Upload the inputs, run the job uninterrupted, then again: SIGKILL a pod once `kill_after_step` is
-    complete in the store, then the other, and restart both with empty disks; collect every pod's requests."""
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
-    inputs = cluster.publish_inputs({"base": tiny["base"], "zh-tokenizer": tiny["zh_tokenizer"],
-                                     "corpus": tiny["corpus"]})
-    values = {"base_model": inputs["base"], "tokenizer": inputs["zh-tokenizer"], "data": [inputs["corpus"]],
-              "block_size": 32, "micro_batch_size": 4, "max_steps": max_steps, "checkpoint_every": checkpoint_every,
-              "log_every": 1, "lr": 2e-3, "warmup_ratio": 0.0, "pad_vocab_multiple": 64, "tokenize_workers": 1,
-              "zero_stage": 0, "precision": "fp32", "resources": {"nodes": 2, "nproc_per_node": 2}}
-    reference, killed = f"two-pods{tag}-whole", f"two-pods{tag}-killed"
-    seconds["inputs"] = time.monotonic() - started
-
-    mark = time.monotonic()
-    whole = cluster.attempt(cluster.render(cluster.spec(reference, **values)), "attempt-0")
-    whole.check(timeout_s)
-    seconds["reference"] = time.monotonic() - mark
-
-    mark = time.monotonic()
-    job = cluster.render(cluster.spec(killed, **values))
-    first = cluster.attempt(job, "attempt-0")
-    deadline = time.monotonic() + timeout_s
-    while kill_after_step not in cluster.complete_steps(killed):
-        if not first.running() or time.monotonic() > deadline:
-            first.kill()
-            tails = "\n".join(f"--- {p.slot.name} ---\n{p.log_tail()}" for p in first.pods)
-            raise AssertionError(f"{killed}: step-{kill_after_step} never completed before the pods ended\n{tails}")
-        time.sleep(0.02)
-    worker = next(i for i, p in enumerate(first.pods) if p.slot.role == "Worker")
-    master = next(i for i, p in enumerate(first.pods) if p.slot.role == "Master")
-    first.kill([worker, master])
-    if cluster.bucket_dir.joinpath("runs", killed, "outputs", "adapter", "manifest.json").exists():
-        raise AssertionError(f"{killed}: the run finished before it was killed; raise max_steps")
-    seconds["killed"] = time.monotonic() - mark
-
-    mark = time.monotonic()
-    restart_checkpoints = cluster.objects(f"runs/{killed}/checkpoints")
-    second = cluster.attempt(job, "attempt-1")
-    second.check(timeout_s)
-    seconds["resumed"] = time.monotonic() - mark
-
-    control = cluster.control.traffic(cluster.prefix)
-    traffic = {"reference": whole.traffic(), "start": first.traffic(), "resume": second.traffic()}
-    sizes: dict[str, int] = {}
-    for logs in [control, *(t for phase in traffic.values() for t in phase.values())]:
-        sizes.update({key: written[-1] for key, written in logs.uploads.items()})
-    sizes.update(cluster.objects())
-    sizes.update(restart_checkpoints)
-
-    def checkpoint(key: str) -> bool:
-        return key.startswith(f"runs/{killed}/checkpoints/")
-
-    window_end = min((t.first("PUT", checkpoint) for t in traffic["resume"].values()), default=math.inf)
-    prefix = f"runs/{reference}/checkpoints/"
-    checkpoint_sizes = {
-        step: {key.removeprefix(f"{prefix}step-{step}/"): size
-               for key, size in cluster.objects(f"{prefix}step-{step}").items()}
-        for step in cluster.complete_steps(reference)
-    }
-    engine_sizes = {step: files.get("rank-0/engine.pt", 0) for step, files in checkpoint_sizes.items()}
-    losses = {run: [(int(r["step"]), float(r["loss"])) for r in cluster.metrics(run)] for run in (reference, killed)}
-    return Scenario(cluster, inputs, reference, killed, traffic, sizes, kill_after_step, restart_checkpoints,
-                    window_end, checkpoint_sizes, engine_sizes, losses,
-                    cluster.adapter_record(killed).get("resumed_from_step"), seconds)

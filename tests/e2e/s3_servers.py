@@ -55,13 +55,15 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, root: Path, log_path: Path, timeout_s: float = 30) -> S3Server:
-        port = free_port()
+    def start(cls, root: Path, log_path: Path, timeout_s: float = 30, *, port: int | None = None,
+              keys: tuple[str, str] = (S3_KEY, S3_SECRET)) -> S3Server:
+        """Serve `root` on `port` (a free one by default), accepting the access key and secret `keys`."""
+        port = port or free_port()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [rclone_binary(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
-                 "--auth-key", f"{S3_KEY},{S3_SECRET}", "-vv", "--log-format", "date,time,microseconds",
+                 "--auth-key", ",".join(keys), "-vv", "--log-format", "date,time,microseconds",
                  "--vfs-cache-mode", "off", "--dir-cache-time", "1ms"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )

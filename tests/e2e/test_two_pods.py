@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.pod_checks import report, scenario_checks
-from tests.e2e.pods import PodCluster, fault_scenario
+from tests.e2e.pods import PodCluster
+from tests.e2e.scenario import fault_scenario
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from tests.eval.tiny_lm import char_tokenizer, save_model, tiny_llama
+from tests.eval.eval_fixtures import EVAL_LLAMA, char_tokenizer
+from tests.fixtures.tiny_llama import save_model, tiny_llama
 
 # Tiny models gain nothing from intra-op threads, and on a shared machine the threads only fight each other.
 torch.set_num_threads(1)
@@ -22,4 +23,4 @@ def chars() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, chars: PreTrainedTokenizerFast) -> Path:
     """A randomly initialised tiny Llama with the character tokenizer, saved as an HF directory."""
-    return save_model(tiny_llama(len(chars)), chars, tmp_path_factory.mktemp("tiny-model"))
+    return save_model(tiny_llama(len(chars), **EVAL_LLAMA), chars, tmp_path_factory.mktemp("tiny-model"))

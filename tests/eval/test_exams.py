@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from tests.eval.tiny_lm import EXAM_DIR, scripted_llama
+from tests.eval.eval_fixtures import EVAL_LLAMA, EXAM_DIR
+from tests.fixtures.tiny_llama import scripted_llama
 from zhllama.errors import UserError
 from zhllama.eval.exams import exam_prompt, read_exam_csv, read_exam_dir, score_subject
 from zhllama.eval.scoring import score_choices
@@ -31,7 +32,7 @@ def test_reads_cmmlu_and_ceval_headers() -> None:
     assert len(history.dev) == len(agronomy.dev) == 5
 
 
-def test_five_shot_prompt_layout(chars: PreTrainedTokenizerFast) -> None:
+def test_five_shot_prompt_layout() -> None:
     history = next(s for s in read_exam_dir(EXAM_DIR) if s.name == "chinese_history")
     prompt = exam_prompt(history.title, history.dev[:5], history.test[0], instruction_model=False)
     print(prompt)
@@ -52,7 +53,7 @@ def test_accuracy_is_the_share_of_the_preferred_letter(
     # scoring must restrict the argmax to A/B/C/D.
     others = [other for other in "ABCD" if other != letter]
     logits = {"的": 10.0, letter: 3.0, others[0]: 2.0, others[1]: 1.0, others[2]: 0.5}
-    model = scripted_llama(chars, logits)
+    model = scripted_llama(chars, logits, **EVAL_LLAMA)
     subjects = read_exam_dir(EXAM_DIR)
     for shots in (0, 5):
         accuracies = []
@@ -66,7 +67,7 @@ def test_accuracy_is_the_share_of_the_preferred_letter(
 
 
 def test_score_choices_multi_token_matches_next_token(chars: PreTrainedTokenizerFast) -> None:
-    model = scripted_llama(chars, {"秦": 2.0, "朝": 1.0, "汉": 0.5})
+    model = scripted_llama(chars, {"秦": 2.0, "朝": 1.0, "汉": 0.5}, **EVAL_LLAMA)
     # single-token choices: next-token log-probabilities; two-token choices: the sum over both tokens
     single = score_choices(model, chars, "答案：", ["秦", "汉"])
     double = score_choices(model, chars, "答案：", ["秦朝", "汉朝"])

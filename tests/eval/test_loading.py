@@ -7,9 +7,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tests.eval.tiny_lm import char_tokenizer, save_model, tiny_llama
+from tests.eval.eval_fixtures import EVAL_LLAMA, char_tokenizer
+from tests.fixtures.tiny_llama import save_model, tiny_llama
 from zhllama.errors import UserError
-from zhllama.eval.loading import load_causal_lm
+from zhllama.models.loading import load_causal_lm
 
 
 def random_adapter(model: LlamaForCausalLM, seed: int) -> PeftModel:
@@ -30,7 +31,7 @@ def random_adapter(model: LlamaForCausalLM, seed: int) -> PeftModel:
 
 
 def test_base_plus_adapters_for_a_resized_vocabulary(tmp_path: Path, chars: PreTrainedTokenizerFast) -> None:
-    base_dir = save_model(tiny_llama(len(chars)), chars, tmp_path / "base")
+    base_dir = save_model(tiny_llama(len(chars), **EVAL_LLAMA), chars, tmp_path / "base")
     extended = char_tokenizer(extra_text="龘靐齉爩鱻")  # the "extended vocabulary": 5 more pieces
     assert len(extended) == len(chars) + 5
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from tests.eval.tiny_lm import chunk_tokenizer, tiny_llama, uniform_llama
+from tests.eval.eval_fixtures import EVAL_LLAMA
+from tests.fixtures.char_tokenizer import chunk_tokenizer
+from tests.fixtures.tiny_llama import tiny_llama, uniform_llama
 from zhllama.errors import UserError
 from zhllama.eval.perplexity import document_ids, document_nll, per_char_perplexity, read_documents
 
@@ -18,7 +20,7 @@ TEXT = "人民日报一九九八年元旦献辞：迈向充满希望的新世纪
 
 @pytest.fixture(scope="module")
 def model(chars: PreTrainedTokenizerFast) -> torch.nn.Module:
-    return tiny_llama(len(chars), seed=1)
+    return tiny_llama(len(chars), seed=1, **EVAL_LLAMA)
 
 
 def full_context_nll(model: torch.nn.Module, ids: list[int]) -> float:
@@ -72,8 +74,10 @@ def test_per_char_normalization_compares_tokenizers() -> None:
     rng = random.Random(0)
     documents = ["".join(rng.choices(alphabet, k=n)) for n in (40, 64, 18)]
 
-    char_result = per_char_perplexity(uniform_llama(len(by_char)), by_char, documents, window=32, stride=16)
-    pair_result = per_char_perplexity(uniform_llama(len(by_pair)), by_pair, documents, window=32, stride=16)
+    char_model = uniform_llama(len(by_char), **EVAL_LLAMA)
+    char_result = per_char_perplexity(char_model, by_char, documents, window=32, stride=16)
+    pair_model = uniform_llama(len(by_pair), **EVAL_LLAMA)
+    pair_result = per_char_perplexity(pair_model, by_pair, documents, window=32, stride=16)
     print(f"per char {char_result.as_dict()}\nper pair {pair_result.as_dict()}")
 
     assert char_result.characters == pair_result.characters == 122

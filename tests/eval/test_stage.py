@@ -6,19 +6,20 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from tests.eval.tiny_lm import EXAM_DIR, save_model, scripted_llama
+from tests.eval.eval_fixtures import EVAL_LLAMA, EXAM_DIR
+from tests.fixtures.tiny_llama import save_model, scripted_llama
 from zhllama.errors import UserError
-from zhllama.eval.stage import run_eval, run_generate
-from zhllama.runs import RunContext
-from zhllama.spec.models import EvalSpec, GenerateSpec
+from zhllama.eval.stage import run_eval
+from zhllama.run import RunContext
+from zhllama.spec.models import EvalSpec
 
 
-def context(spec: EvalSpec | GenerateSpec, tmp_path: Path) -> RunContext:
+def context(spec: EvalSpec, tmp_path: Path) -> RunContext:
     return RunContext.create(spec, workdir=tmp_path / "work")
 
 
 def test_run_eval_writes_the_report(tmp_path: Path, chars: PreTrainedTokenizerFast) -> None:
-    model_dir = save_model(scripted_llama(chars, {"B": 2.0, "A": 1.0}), chars, tmp_path / "model")
+    model_dir = save_model(scripted_llama(chars, {"B": 2.0, "A": 1.0}, **EVAL_LLAMA), chars, tmp_path / "model")
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("人民日报社论\n新华社北京电\n", encoding="utf-8")
     spec = EvalSpec(
@@ -59,26 +60,3 @@ def test_run_eval_rejects_a_bad_exam_before_loading(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="law.csv: missing column D"):
         run_eval(context(spec, tmp_path))
-
-
-def test_run_generate_writes_generations(tmp_path: Path, tiny_model_dir: Path) -> None:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"instruction": "翻译", "input": "秦朝"}\n', encoding="utf-8")
-    spec = GenerateSpec(
-        run_id="gen-test",
-        store=f"file://{tmp_path}/store",
-        model=f"file://{tiny_model_dir}",
-        prompts=["介绍唐朝"],
-        prompts_file=f"file://{prompts}",
-        max_new_tokens=6,
-    )
-    ctx = context(spec, tmp_path)
-    run_generate(ctx)
-    assert ctx.output_complete("generations")
-    lines = (ctx.output_dir("generations") / "generations.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    assert [r["instruction"] for r in records] == ["介绍唐朝", "翻译"]
-    assert records[1]["prompt"].endswith("### Instruction:\n翻译\n秦朝\n\n### Response:\n")
-    assert all(r["output"] for r in records)
-    config = json.loads((ctx.output_dir("generations") / "generation_config.json").read_text())
-    assert config == {"temperature": 0.2, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 6}

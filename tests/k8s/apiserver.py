@@ -252,132 +252,137 @@ class FakeApiServer:
         return False
 
 
-def _handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class ApiHandler(BaseHTTPRequestHandler):
+    """One request against `api`, the FakeApiServer a subclass binds (see `_handler`)."""
 
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out as separate writes: without this, Nagle + delayed ACK add 40 ms a request.
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    api: FakeApiServer
+    protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as separate writes: without this, Nagle + delayed ACK add 40 ms a request.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _route(self) -> tuple[str, str, str | None, str | None, dict[str, str]]:
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        parts = url.path.strip("/").split("/")
+        base = 2 if parts[0] == "api" else 3
+        if len(parts) < base + 3 or parts[base] != "namespaces":
+            raise ApiError(404, "NotFound", f"no route for {url.path}")
+        namespace, resource = parts[base + 1], parts[base + 2]
+        if resource not in RESOURCES or not url.path.startswith(RESOURCES[resource].prefix + "/"):
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource {url.path}")
+        name = parts[base + 3] if len(parts) > base + 3 else None
+        sub = parts[base + 4] if len(parts) > base + 4 else None
+        return resource, namespace, name, sub, query
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"null")
+
+    def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, chunks: Any, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for chunk in chunks:
+                data = chunk.encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
             pass
+        self.close_connection = True
 
-        def _route(self) -> tuple[str, str, str | None, str | None, dict[str, str]]:
-            url = urlparse(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            parts = url.path.strip("/").split("/")
-            base = 2 if parts[0] == "api" else 3
-            if len(parts) < base + 3 or parts[base] != "namespaces":
-                raise ApiError(404, "NotFound", f"no route for {url.path}")
-            namespace, resource = parts[base + 1], parts[base + 2]
-            if resource not in RESOURCES or not url.path.startswith(RESOURCES[resource].prefix + "/"):
-                raise ApiError(404, "NotFound", f"the server could not find the requested resource {url.path}")
-            name = parts[base + 3] if len(parts) > base + 3 else None
-            sub = parts[base + 4] if len(parts) > base + 4 else None
-            return resource, namespace, name, sub, query
+    def _handle(self, method: str) -> None:
+        self.api.requests.append((method, self.path))
+        try:
+            resource, namespace, name, sub, query = self._route()
+            body = self._body() if method in ("POST", "PATCH", "PUT", "DELETE") else None
+            if method == "GET" and sub == "log":
+                return self._log(namespace, name or "", query)
+            if method == "GET" and name is None and query.get("watch") in ("true", "1"):
+                events = self.api.watch_events(
+                    resource, namespace, int(query.get("resourceVersion") or 0), query.get("labelSelector"),
+                    query.get("fieldSelector"), float(query.get("timeoutSeconds") or 30),
+                    query.get("allowWatchBookmarks") == "true")
+                return self._stream((json.dumps(e) + "\n" for e in events), "application/json")
+            if method == "GET" and name is None:
+                return self._send(200, self.api.list(resource, namespace, query.get("labelSelector"),
+                                                   query.get("fieldSelector")))
+            if method == "GET":
+                return self._send(200, self.api.get(resource, namespace, name or ""))
+            if method == "POST":
+                return self._send(201, self.api.create(resource, namespace, body))
+            if method == "PATCH":
+                return self._send(200, self.api.update(resource, namespace, name or "", self._patcher(body)))
+            if method == "DELETE":
+                return self._send(200, self.api.delete(resource, namespace, name or ""))
+            raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+        except ApiError as err:
+            self._send(err.code, err.status())
 
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length) or b"null")
+    def _patcher(self, body: Any) -> Any:
+        content_type = self.headers.get("Content-Type", "")
+        if content_type == "application/json-patch+json" and not isinstance(body, list):
+            raise ApiError(400, "BadRequest", "json patch must be a list of operations")
+        if content_type == "application/json-patch+json":
+            raise ApiError(415, "UnsupportedMediaType", "this test server applies merge patches only")
+        return lambda current: merge_patch(current, body)
 
-        def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def _log(self, namespace: str, pod: str, query: dict[str, str]) -> None:
+        self.api.get("pods", namespace, pod)
+        container = query.get("container", "")
+        log = self.api.logs.get((namespace, pod, container), {"current": [], "previous": []})
+        if query.get("previous") == "true":
+            if not log["previous"]:
+                raise ApiError(400, "BadRequest",
+                               f'previous terminated container "{container}" in pod "{pod}" not found')
+            return self._send(200, "".join(line + "\n" for line in log["previous"]), "text/plain")
+        if query.get("follow") != "true":
+            return self._send(200, "".join(line + "\n" for line in log["current"]), "text/plain")
 
-        def _stream(self, chunks: Any, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                for chunk in chunks:
-                    data = chunk.encode()
-                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            self.close_connection = True
+        def follow() -> Any:
+            sent, deadline = 0, time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with self.api.lock:
+                    lines = self.api.logs.get((namespace, pod, container), {"current": []})["current"]
+                    fresh, sent = lines[sent:], len(lines)
+                    stopped = self.api.container_stopped(namespace, pod, container)
+                    if not fresh and not stopped:
+                        self.api.lock.wait(timeout=0.2)
+                yield from (line + "\n" for line in fresh)
+                if stopped and not fresh:
+                    return
 
-        def _handle(self, method: str) -> None:
-            server.requests.append((method, self.path))
-            try:
-                resource, namespace, name, sub, query = self._route()
-                body = self._body() if method in ("POST", "PATCH", "PUT", "DELETE") else None
-                if method == "GET" and sub == "log":
-                    return self._log(namespace, name or "", query)
-                if method == "GET" and name is None and query.get("watch") in ("true", "1"):
-                    events = server.watch_events(
-                        resource, namespace, int(query.get("resourceVersion") or 0), query.get("labelSelector"),
-                        query.get("fieldSelector"), float(query.get("timeoutSeconds") or 30),
-                        query.get("allowWatchBookmarks") == "true")
-                    return self._stream((json.dumps(e) + "\n" for e in events), "application/json")
-                if method == "GET" and name is None:
-                    return self._send(200, server.list(resource, namespace, query.get("labelSelector"),
-                                                       query.get("fieldSelector")))
-                if method == "GET":
-                    return self._send(200, server.get(resource, namespace, name or ""))
-                if method == "POST":
-                    return self._send(201, server.create(resource, namespace, body))
-                if method == "PATCH":
-                    return self._send(200, server.update(resource, namespace, name or "", self._patcher(body)))
-                if method == "DELETE":
-                    return self._send(200, server.delete(resource, namespace, name or ""))
-                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
-            except ApiError as err:
-                self._send(err.code, err.status())
+        self._stream(follow(), "text/plain")
 
-        def _patcher(self, body: Any) -> Any:
-            content_type = self.headers.get("Content-Type", "")
-            if content_type == "application/json-patch+json" and not isinstance(body, list):
-                raise ApiError(400, "BadRequest", "json patch must be a list of operations")
-            if content_type == "application/json-patch+json":
-                raise ApiError(415, "UnsupportedMediaType", "this test server applies merge patches only")
-            return lambda current: merge_patch(current, body)
+    def do_GET(self) -> None:
+        self._handle("GET")
 
-        def _log(self, namespace: str, pod: str, query: dict[str, str]) -> None:
-            server.get("pods", namespace, pod)
-            container = query.get("container", "")
-            log = server.logs.get((namespace, pod, container), {"current": [], "previous": []})
-            if query.get("previous") == "true":
-                if not log["previous"]:
-                    raise ApiError(400, "BadRequest",
-                                   f'previous terminated container "{container}" in pod "{pod}" not found')
-                return self._send(200, "".join(line + "\n" for line in log["previous"]), "text/plain")
-            if query.get("follow") != "true":
-                return self._send(200, "".join(line + "\n" for line in log["current"]), "text/plain")
+    def do_POST(self) -> None:
+        self._handle("POST")
 
-            def follow() -> Any:
-                sent, deadline = 0, time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    with server.lock:
-                        lines = server.logs.get((namespace, pod, container), {"current": []})["current"]
-                        fresh, sent = lines[sent:], len(lines)
-                        stopped = server.container_stopped(namespace, pod, container)
-                        if not fresh and not stopped:
-                            server.lock.wait(timeout=0.2)
-                    yield from (line + "\n" for line in fresh)
-                    if stopped and not fresh:
-                        return
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
 
-            self._stream(follow(), "text/plain")
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
 
-        def do_GET(self) -> None:
-            self._handle("GET")
 
-        def do_POST(self) -> None:
-            self._handle("POST")
 
-        def do_PATCH(self) -> None:
-            self._handle("PATCH")
-
-        def do_DELETE(self) -> None:
-            self._handle("DELETE")
-
-    return Handler
+def _handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (ApiHandler,), {"api": server})

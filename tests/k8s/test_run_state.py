@@ -3,10 +3,9 @@ shows: the real `ctl` and kubernetes client (kubeconfig from KUBECONFIG) against
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml

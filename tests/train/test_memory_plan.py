@@ -163,7 +163,8 @@ def test_submit_without_a_store_is_refused_in_one_line() -> None:
     result = ctl("submit", "pretrain", "--size", "33b", "--bits", "8", "--dry-run")
     assert result.exit_code == 2
     assert result.stderr == ("error: store: file://./artifacts is the pod's own disk and is lost with it; pass "
-                             "--store s3://bucket/prefix, set ZHLLAMA_STORE, or set s3.bucket in a --values file\n")
+                             "--store s3://bucket/prefix or set ZHLLAMA_STORE (ctl submit: or s3.bucket in a --values "
+                             "file)\n")
 
 
 def test_submit_takes_the_store_from_the_values_files(tmp_path: Path) -> None:

@@ -15,8 +15,8 @@ from zhllama.spec import TrainSpec
 from zhllama.train import (
     build_model,
     check_quantization_supported,
-    init_distributed,
     load_base,
+    process_env,
     resize_vocabulary,
     train,
     untie_embeddings,
@@ -118,7 +118,7 @@ def test_quantized_loading_needs_cuda(tiny: dict[str, Path]) -> None:
 def test_lora_wraps_targets_and_trains_embeddings_in_full(tiny: dict[str, Path]) -> None:
     spec = _spec(tiny)
     model, vocab = build_model(spec, tiny["base"], AutoTokenizer.from_pretrained(tiny["zh_tokenizer"]), [],
-                               init_distributed(False), "fp32")
+                               process_env(), "fp32")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("embed_tokens.modules_to_save" in n for n in trainable)
     assert any("lm_head.modules_to_save" in n for n in trainable)

@@ -23,7 +23,7 @@ def test_sft_masks_prompts_and_trains_on_base_plus_pretraining_adapter(tiny: dic
 
     spec = spec_for(tiny, stage="sft", data=[f"file://{tiny['sft']}"], block_size=200, max_steps=12, lr=3e-3,
                     base_adapters=[f"file://{tmp_path / 'pt'}"])
-    dataset, record = sft_dataset([tiny["sft"]], tiny["zh_tokenizer"], spec)
+    dataset, record = sft_dataset([tiny["sft"]], tokenizer, spec)
     assert record["sft"]["examples"] == 64 and record["sft"]["sequences"] == 64
     records = [json.loads(line) for line in tiny["sft"].read_text(encoding="utf-8").splitlines()]
     first = records[0]

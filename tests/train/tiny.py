@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from tests.fixtures.tiny_llama import tiny_llama
 from zhllama.embedded.registry import package_file
 from zhllama.spec import TrainSpec
 
@@ -65,12 +66,8 @@ def build_tokenizers(text: list[str], words: list[str], base_dir: Path, extended
 def build_base_model(tokenizer_dir: Path, text: list[str], out_dir: Path, steps: int = 250) -> Path:
     """A tied 2-layer, 64-wide LLaMA trained briefly on `text` at the character level, saved with its tokenizer."""
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+        model = tiny_llama(len(tokenizer), seed=0, max_position_embeddings=256).train()
         ids = [i for line in text for i in tokenizer.encode(line, add_special_tokens=False) + [2]]
         blocks = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -9,17 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from zhllama.run import RunStatus
+from zhllama.run import RunRecord, RunStatus
 from zhllama.spec import StageSpec
 
 
 class Backend(Protocol):
-    def submit(self, spec: StageSpec, *, force: bool = False) -> RunStatus:
-        """Start the run (or attach to it when the same spec is already there); a different spec needs force."""
+    def submit(self, spec: StageSpec, *, force: bool = False, verify: bool = False) -> RunStatus:
+        """Start the run (or attach to it when the same spec is already there); a different spec needs force.
+
+        Finished outputs are reused only if they verify: by sizes and sampled chunks, or every byte with `verify`.
+        """
         ...
 
-    def observe(self, run_id: str) -> RunStatus | None:
-        """What the backend sees of the run's job right now, or None when it knows nothing the record doesn't."""
+    def observe(self, record: RunRecord) -> RunStatus | None:
+        """What the backend sees of the record's attempt right now, or None when it knows nothing of it."""
         ...
 
     def status(self, run_id: str) -> RunStatus:

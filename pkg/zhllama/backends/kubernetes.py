@@ -27,7 +27,7 @@ from zhllama.backends.k8s_state import (
     derive_status,
 )
 from zhllama.errors import UserError
-from zhllama.run import RunStatus, attached, now, open_run, read_record, reconcile, transition
+from zhllama.run import RunRecord, RunStatus, attached, now, open_run, read_record, reconcile, transition
 from zhllama.spec import PipelineSpec, StageSpec
 from zhllama.spec.presets import deep_merge
 from zhllama.store import ArtifactStore, open_store
@@ -108,7 +108,7 @@ class KubernetesBackend:
         return "".join(f"# pipeline step {step}: run {step_spec.run_id}\n{to_yaml(self.objects(step_spec))}"
                        for step, step_spec in plan(spec))
 
-    def submit(self, spec: StageSpec, *, force: bool = False) -> RunStatus:
+    def submit(self, spec: StageSpec, *, force: bool = False, verify: bool = False) -> RunStatus:
         """Create the run's objects; the same spec again attaches, a different one needs `force`.
 
         A finished run that did not succeed (failed, cancelled) is started again as its next attempt: its old
@@ -125,13 +125,14 @@ class KubernetesBackend:
                     f"run {spec.run_id} already exists in namespace {self.namespace} with a different spec; "
                     "pass --force to replace it, or choose another --run-id"
                 )
-            current = attached(store, spec, self.status) if same else None
+            current = attached(store, spec, self.status, verify_full=verify) if same else None
             if current is not None:
                 return current
             self._delete_objects(spec.run_id)
-        open_run(store, spec, backend="kubernetes", force=force, namespace=self.namespace)
-        for obj in objects:
-            self._create(obj)
+        _, mine = open_run(store, spec, backend="kubernetes", force=force, namespace=self.namespace)
+        if mine:  # else another submit of this spec created the attempt an instant ago, and its objects
+            for obj in objects:
+                self._create(obj)
         return self.status(spec.run_id)
 
     def notes(self, spec: StageSpec) -> str:
@@ -231,8 +232,9 @@ class KubernetesBackend:
         pods = _as_dict(self.api, self.core.list_namespaced_pod(self.namespace, label_selector=selector))
         return sorted(pods.get("items") or [], key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
-    def observe(self, run_id: str) -> RunStatus | None:
+    def observe(self, record: RunRecord) -> RunStatus | None:
         """The run's state from its job object, pods and events; None when it has no objects here."""
+        run_id = record.run_id
         configmap = self._get_configmap(run_id)
         if configmap is None:
             return None
@@ -253,7 +255,8 @@ class KubernetesBackend:
 
     def status(self, run_id: str) -> RunStatus:
         store = self._run_store(run_id)
-        return reconcile(store, read_record(store, run_id), self.observe(run_id))
+        record = read_record(store, run_id)
+        return reconcile(store, record, self.observe(record))
 
     def list_runs(self) -> list[RunStatus]:
         """Every zhllama run in the namespace (one per spec ConfigMap)."""

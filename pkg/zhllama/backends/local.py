@@ -18,11 +18,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from zhllama.errors import UserError
 from zhllama.run import (
+    RunRecord,
     RunStatus,
     attached,
     list_records,
@@ -30,10 +32,11 @@ from zhllama.run import (
     open_run,
     read_record,
     reconcile,
-    run_key,
     spec_record,
     transition,
 )
+from zhllama.run.heartbeat import LOG_FILE_ENV, attempt_log_key
+from zhllama.run.job import VERIFY_ENV
 from zhllama.run.status import process_alive
 from zhllama.spec import DISTRIBUTED_STAGES, StageSpec
 from zhllama.store import ArtifactStore, open_store
@@ -81,45 +84,55 @@ class LocalBackend:
     def _dir(self, run_id: str) -> Path:
         return self.state_dir / run_id
 
-    def submit(self, spec: StageSpec, *, force: bool = False) -> RunStatus:
-        current = attached(self.store, spec, self.status)
+    def submit(self, spec: StageSpec, *, force: bool = False, verify: bool = False) -> RunStatus:
+        current = attached(self.store, spec, self.status, verify_full=verify)
         if current is not None:
             return current
-        open_run(self.store, spec, backend="local", force=force)
-        self._start(spec)
+        record, mine = open_run(self.store, spec, backend="local", force=force)
+        if mine:
+            self._start(spec, record.attempt, verify)
         return self.status(spec.run_id)
 
-    def _start(self, spec: StageSpec) -> None:
+    def _start(self, spec: StageSpec, attempt: int, verify: bool = False) -> None:
         run_dir = self._dir(spec.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "exit_code").unlink(missing_ok=True)
         spec_path = run_dir / "spec.json"
         spec_path.write_text(json.dumps(spec_record(spec), indent=2, ensure_ascii=False))
         command = job_command(spec, spec_path)
-        # The wrapper outlives the job: it records the exit code, then keeps the log beside the run's outputs.
+        log_path = run_dir / attempt_log_name(attempt)
+        # The wrapper outlives the job: it records the exit code, then keeps the whole log beside the run's
+        # outputs (the job's heartbeat uploads it while it runs).
         save_log = [sys.executable, "-m", "zhllama.backends.local", "save-log", self.store_uri, spec.run_id,
-                    str(run_dir / "job.log")]
+                    str(attempt), str(log_path)]
         wrapper = (f"{shlex.join(command)}; echo $? > {shlex.quote(str(run_dir / 'exit_code'))}; "
                    f"{shlex.join(save_log)}")
-        log = open(run_dir / "job.log", "ab")
-        log.write(f"\n--- {now()} {shlex.join(command)}\n".encode())
-        log.flush()
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", wrapper],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-        (run_dir / "process.json").write_text(json.dumps({"pid": process.pid, "started": now(), "command": command}))
+        with open(log_path, "ab") as log:
+            log.write(f"--- {now()} attempt {attempt}: {shlex.join(command)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", wrapper],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", LOG_FILE_ENV: str(log_path),
+                     **({VERIFY_ENV: "full"} if verify else {})},
+            )
+        (run_dir / "process.json").write_text(json.dumps(
+            {"pid": process.pid, "attempt": attempt, "started": now(), "command": command}))
+
+    def _process(self, run_id: str) -> dict[str, Any] | None:
+        """What this machine started for the run last (pid, attempt), if it did."""
+        try:
+            started: dict[str, Any] = json.loads((self._dir(run_id) / "process.json").read_text())
+        except (OSError, ValueError):
+            return None  # started on another machine, or this state directory was wiped
+        return started
 
     def _pid(self, run_id: str) -> int | None:
-        try:
-            return int(json.loads((self._dir(run_id) / "process.json").read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return None  # started on another machine, or this state directory was wiped
+        started = self._process(run_id)
+        return int(started["pid"]) if started is not None and "pid" in started else None
 
     def _alive(self, pid: int) -> bool:
         """Whether the run's process (the wrapper shell, or the job under it) is still running."""
@@ -127,11 +140,16 @@ class LocalBackend:
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our own finished child
         return process_alive(pid)
 
-    def observe(self, run_id: str) -> RunStatus | None:
-        """A run started here whose process is gone without a zero exit code has failed; otherwise no news."""
-        pid = self._pid(run_id)
-        if pid is None or self._alive(pid):
+    def observe(self, record: RunRecord) -> RunStatus | None:
+        """An attempt started here is Running while its process lives, and Failed if it ended without a zero
+        exit code; an attempt started elsewhere is unknown here (its heartbeat tells)."""
+        run_id = record.run_id
+        started = self._process(run_id)
+        if started is None or started.get("attempt") != record.attempt:
             return None
+        pid = int(started["pid"])
+        if self._alive(pid):
+            return RunStatus(run_id, "Running")
         code = _read_exit_code(self._dir(run_id))
         if code is None or code in EXIT_KILLED:
             return RunStatus(run_id, "Failed", "Killed",
@@ -141,7 +159,8 @@ class LocalBackend:
         return None
 
     def status(self, run_id: str) -> RunStatus:
-        return reconcile(self.store, read_record(self.store, run_id), self.observe(run_id))
+        record = read_record(self.store, run_id)
+        return reconcile(self.store, record, self.observe(record))
 
     def list_runs(self) -> list[RunStatus]:
         return [self.status(record.run_id) for record in list_records(self.store) if record.backend != "kubernetes"]
@@ -168,12 +187,16 @@ class LocalBackend:
         return final
 
     def logs(self, run_id: str, *, follow: bool = False, previous: bool = False) -> Iterator[str]:
-        log = self._dir(run_id) / "job.log"
+        """The current attempt's log (the one before with `previous`): the local file while this machine runs
+        it, else the copy in the store."""
+        attempt = read_record(self.store, run_id).attempt - (1 if previous else 0)
+        log = self._dir(run_id) / attempt_log_name(attempt)
         if not log.exists():
             try:
-                stored = self.store.read_bytes(run_key(run_id, "logs", "job.log"))
+                stored = self.store.read_bytes(attempt_log_key(run_id, attempt))
             except FileNotFoundError:
-                raise UserError(f"no logs for run {run_id!r} on this machine or in the store") from None
+                raise UserError(f"no log of attempt {attempt} of run {run_id!r} on this machine or in "
+                                f"{self.store.root_uri}") from None
             yield from stored.decode(errors="replace").splitlines()
             return
         with open(log, encoding="utf-8", errors="replace") as handle:
@@ -216,10 +239,14 @@ def stop_process_tree(pid: int) -> None:
             return
 
 
-def save_log(store_uri: str, run_id: str, log: Path) -> None:
-    """Keep a finished job's log in the store beside its outputs (run by the wrapper after the job exits)."""
+def attempt_log_name(attempt: int) -> str:
+    return f"attempt-{attempt}.log"
+
+
+def save_log(store_uri: str, run_id: str, attempt: int, log: Path) -> None:
+    """Keep a finished attempt's whole log in the store (run by the wrapper after the job exits)."""
     if log.exists():
-        open_store(store_uri).write_bytes(run_key(run_id, "logs", "job.log"), log.read_bytes())
+        open_store(store_uri).write_bytes(attempt_log_key(run_id, attempt), log.read_bytes())
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
@@ -238,7 +265,7 @@ def _read_exit_code(run_dir: Path) -> int | None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "save-log":
-        save_log(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "save-log":
+        save_log(sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]))
     else:
-        sys.exit("usage: python -m zhllama.backends.local save-log STORE_URI RUN_ID LOG")
+        sys.exit("usage: python -m zhllama.backends.local save-log STORE_URI RUN_ID ATTEMPT LOG")

@@ -20,7 +20,7 @@ from zhllama.cli.flags import (
     user_errors,
 )
 from zhllama.cli.runs import COMMANDS as RUN_COMMANDS
-from zhllama.spec import STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, TrainSpec, resolve_spec
+from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, TrainSpec, resolve_spec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,11 +34,14 @@ def cli() -> None:
 # `ctl run` always runs on this machine; `--local` is accepted so the documented `ctl run ... --local` works.
 @click.option("--local", is_flag=True, expose_value=False, hidden=True)
 @click.option("--detach", is_flag=True, help="Start and return; follow with `ctl logs -f`.")
+@click.option("--verify", is_flag=True,
+              help="Check every byte of finished outputs before reusing them (default: sizes and samples).")
 @spec_options
 @user_errors
 def run(
     stage: str,
     detach: bool,
+    verify: bool,
     size: str,
     spec_file: Path | None,
     sets: tuple[str, ...],
@@ -68,7 +71,7 @@ def run(
                 click.echo(line)
 
         try:
-            result = run_pipeline(spec, backend, on_step=follow, force=force)
+            result = run_pipeline(spec, backend, on_step=follow, force=force, verify=verify)
         except KeyboardInterrupt:
             for current in backend.list_runs():
                 if current.run_id.startswith(f"{spec.run_id}-") and not current.finished:
@@ -76,7 +79,7 @@ def run(
             click.echo(f"\ninterrupted: the same command resumes pipeline {spec.run_id}", err=True)
             sys.exit(130)
     else:
-        result = backend.submit(spec, force=force)
+        result = backend.submit(spec, force=force, verify=verify)
         click.echo(f"run {spec.run_id}: {result.state}")
         if detach:
             return
@@ -115,6 +118,8 @@ def run(
     help="Extra chart values files (cluster settings: image, S3, scheduling).",
 )
 @click.option("--wait/--no-wait", default=False, help="Wait for the run (pipelines always wait).")
+@click.option("--verify", is_flag=True,
+              help="Check every byte of finished outputs before reusing them (default: sizes and samples).")
 @spec_options
 @user_errors
 def submit(
@@ -123,6 +128,7 @@ def submit(
     namespace: str | None,
     values_files: tuple[str, ...],
     wait: bool,
+    verify: bool,
     size: str,
     spec_file: Path | None,
     sets: tuple[str, ...],
@@ -152,10 +158,11 @@ def submit(
         from zhllama.pipeline import run_pipeline
 
         result = run_pipeline(
-            spec, backend, on_step=lambda step, s: click.echo(f"==> {step} ({s.run_id})"), force=force
+            spec, backend, on_step=lambda step, s: click.echo(f"==> {step} ({s.run_id})"), force=force,
+            verify=verify,
         )
     else:
-        result = backend.submit(spec, force=force)
+        result = backend.submit(spec, force=force, verify=verify)
         click.echo(backend.notes(spec))
         if wait:
             result = backend.wait(spec.run_id)
@@ -166,17 +173,19 @@ def submit(
 
 @cli.command()
 @click.argument("stage", type=click.Choice(STAGES))
-def explain(stage: str) -> None:
-    """List a stage's spec fields with their documentation."""
-    model = STAGE_SPECS[stage]
-    for name, field in model.model_fields.items():
-        if field.is_required():
-            shown = "(required)"
-        else:
+@click.option("--size", type=click.Choice(list(PRESETS)), default="smol", show_default=True,
+              help="Size preset whose values are shown.")
+@user_errors
+def explain(stage: str, size: str) -> None:
+    """List a stage's spec fields: the value the --size preset gives each, and its documentation."""
+    resolved = resolve_spec(stage, size=size, run_id="explain").model_dump(mode="json")
+    for name, field in STAGE_SPECS[stage].model_fields.items():
+        shown = json.dumps(resolved.get(name), ensure_ascii=False)
+        if not field.is_required():
             default = field.get_default(call_default_factory=True)
-            if hasattr(default, "model_dump"):
-                default = default.model_dump(mode="json")
-            shown = json.dumps(default, ensure_ascii=False)
+            default = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+            if default != resolved.get(name) and name not in ("run_id", "size"):
+                shown += f"  (preset {size}; default {json.dumps(default, ensure_ascii=False)})"
         click.echo(f"{name}: {shown}")
         if field.description:
             click.echo(f"    {field.description}")

@@ -9,8 +9,7 @@ A conversation gives one example per assistant turn: the earlier turns are its h
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ import numpy as np
 
 from zhllama.errors import UserError
 from zhllama.prompts import alpaca_prompt, chat_prompt
+from zhllama.records import LineError, read_json_records
 
 IGNORE_INDEX = -100
 USER_ROLES = {"user", "human"}
@@ -52,32 +52,6 @@ class SftReport:
 
 class RecordError(ValueError):
     """A record that is valid JSON but not one of the formats."""
-
-
-def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line, record) of a JSONL file, or of each element of a JSON array file."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        decoder = json.JSONDecoder()
-        position = text.index("[") + 1
-        while True:
-            while position < len(text) and text[position] in " \t\r\n,":
-                position += 1
-            if position >= len(text) or text[position] == "]":
-                return
-            line = text.count("\n", 0, position) + 1
-            try:
-                record, position = decoder.raw_decode(text, position)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            yield line, record
-    for number, line_text in enumerate(text.splitlines(), start=1):
-        if not line_text.strip():
-            continue
-        try:
-            yield number, json.loads(line_text)
-        except json.JSONDecodeError as err:
-            yield number, RecordError(f"not valid JSON ({err.msg})")
 
 
 def _text(value: Any, what: str) -> str:
@@ -142,24 +116,19 @@ def read_sft_examples(files: Sequence[Path], *, skip_bad_records: bool = False) 
     """Every example in `files`; a malformed record fails the run (file:line) unless `skip_bad_records`."""
     examples: list[SftExample] = []
     report = SftReport()
+
+    def bad_record(error: LineError) -> None:
+        if not skip_bad_records:
+            raise LineError(error.where, error.problem, f"{error.fix}, or set skip_bad_records")
+        report.bad_records += 1
+        report.first_bad = report.first_bad or f"{error.where}: {error.problem}"
+
     for path in files:
-        try:
-            for line, record in _json_records(path):
-                where = f"{path}:{line}"
-                try:
-                    if isinstance(record, RecordError):
-                        raise record
-                    examples.extend(record_examples(record, where))
-                except RecordError as err:
-                    report.bad_records += 1
-                    report.first_bad = report.first_bad or f"{where}: {err}"
-                    if not skip_bad_records:
-                        raise UserError(f"{where}: {err}; fix the record or set skip_bad_records") from None
-        except RecordError as err:  # a JSON array broken mid-way: nothing after it can be read
-            if not skip_bad_records:
-                raise UserError(f"{err}; fix the file or set skip_bad_records") from None
-            report.bad_records += 1
-            report.first_bad = report.first_bad or str(err)
+        for where, record in read_json_records(path, skip_bad=bad_record):
+            try:
+                examples.extend(record_examples(record, where))
+            except RecordError as err:
+                bad_record(LineError(where, str(err), "fix the record"))
     if not examples:
         raise UserError(f"data: no SFT examples in {', '.join(str(f) for f in files)}; check the files and format")
     report.examples = len(examples)

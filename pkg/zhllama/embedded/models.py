@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zhllama.embedded.registry import builder, package_file
 from zhllama.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 TINY_LLAMA_SEED = 1234
 TINY_LLAMA_SHAPE: dict[str, Any] = {
@@ -36,6 +39,20 @@ def smollm2_135m(dest: Path) -> None:
     shutil.copyfile(gguf, dest / gguf.name)
 
 
+def random_tiny_llama(vocab_size: int, seed: int = TINY_LLAMA_SEED, **config: Any) -> LlamaForCausalLM:
+    """A LlamaForCausalLM of TINY_LLAMA_SHAPE with tied embeddings, initialised after seeding torch with `seed`;
+    fields in `config` override the shape (tests vary the context, the KV heads, the tying).
+
+    It seeds torch's global generator, so a caller that must leave it alone forks it around the call.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **{"tie_word_embeddings": True, **TINY_LLAMA_SHAPE,
+                                                                   **config}))
+
+
 @builder("tiny-llama")
 def tiny_llama(dest: Path) -> None:
     """A 2-layer, 64-wide LlamaForCausalLM initialised from a fixed seed, with SmolLM2's tokenizer.
@@ -43,7 +60,6 @@ def tiny_llama(dest: Path) -> None:
     Tied embeddings like SmolLM2, so tests take the same code paths as the demo model at a thousandth of the cost.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from zhllama.tokenizer.base import load_base_tokenizer
     from zhllama.tokenizer.hf_export import write_hf_directory
@@ -57,16 +73,8 @@ def tiny_llama(dest: Path) -> None:
     def token_id(key: str) -> int | None:
         return base.fast.token_to_id(special[key]) if key in special else None  # type: ignore[union-attr]
 
-    config = LlamaConfig(
-        vocab_size=base.vocab_size,
-        tie_word_embeddings=True,
-        bos_token_id=token_id("bos_token"),
-        eos_token_id=token_id("eos_token"),
-        pad_token_id=token_id("pad_token"),
-        **TINY_LLAMA_SHAPE,
-    )
     # Only this builder's generator draws numbers, so the weights are the same on every call and every machine.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_LLAMA_SEED)
-        model = LlamaForCausalLM(config)
+        model = random_tiny_llama(base.vocab_size, bos_token_id=token_id("bos_token"),
+                                  eos_token_id=token_id("eos_token"), pad_token_id=token_id("pad_token"))
     model.save_pretrained(dest)

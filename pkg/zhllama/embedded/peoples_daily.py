@@ -66,9 +66,14 @@ def peoples_daily() -> PeoplesDaily:
     return PeoplesDaily(train=train, heldout=heldout)
 
 
+def paragraph_texts(paragraphs: list[list[str]]) -> list[str]:
+    """Each paragraph as Chinese is written: its words joined without spaces."""
+    return ["".join(words) for words in paragraphs]
+
+
 def write_text(paragraphs: list[list[str]], path: Path) -> None:
-    """One paragraph per line, words joined without spaces (how Chinese is written)."""
-    path.write_text("".join("".join(words) + "\n" for words in paragraphs), encoding="utf-8")
+    """One paragraph per line."""
+    path.write_text("".join(text + "\n" for text in paragraph_texts(paragraphs)), encoding="utf-8")
 
 
 @builder("peoples-daily-train")

@@ -7,20 +7,19 @@ a text does not depend on how it is cut, so exp(total NLL / characters) compares
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.loading import model_device
 from zhllama.eval.scoring import encode
-
-TEXT_SUFFIXES = (".txt", ".jsonl")
+from zhllama.models.loading import model_device
+from zhllama.records import TEXT_SUFFIXES, list_files, read_texts
 
 Progress = Callable[[Iterable[str]], Iterable[str]]
 
@@ -59,13 +58,10 @@ def read_documents(path: Path, max_chars: int | None = None) -> list[str]:
 
     With `max_chars`, documents are taken in order until their characters reach it (the last one is cut).
     """
-    files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
-    if not files:
-        raise UserError(f"{path}: no .txt or .jsonl files in the held-out directory")
     documents: list[str] = []
     budget = max_chars if max_chars is not None else math.inf
-    for file in files:
-        for text in _file_documents(file):
+    for file in list_files([path], TEXT_SUFFIXES, "held-out text"):
+        for _, text in read_texts(file):
             if budget <= 0:
                 return documents
             text = text[: int(min(len(text), budget))]
@@ -74,25 +70,6 @@ def read_documents(path: Path, max_chars: int | None = None) -> list[str]:
     if not documents:
         raise UserError(f"{path}: the held-out text is empty")
     return documents
-
-
-def _file_documents(file: Path) -> Iterable[str]:
-    if file.suffix not in TEXT_SUFFIXES:
-        raise UserError(f"{file}: held-out text must be .txt (one document per line) or .jsonl (`text`)")
-    with file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            if file.suffix == ".txt":
-                yield line.rstrip("\n")
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{file}:{number}: not valid JSON ({error.msg}); write one object per line") from error
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f"{file}:{number}: each JSONL line needs a string field `text`")
-            yield record["text"]
 
 
 def document_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -108,32 +85,47 @@ def document_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids
 
 
-@torch.no_grad()
-def document_nll(model: torch.nn.Module, ids: list[int], window: int, stride: int) -> tuple[float, int]:
-    """(summed NLL, scored tokens) of one token sequence, window by window.
+class ScoringWindow(NamedTuple):
+    """Tokens [begin, end) go through the model together; of the predictions of tokens begin + 1 .. end - 1, those
+    from index `first_new` on are counted (the earlier ones a previous window counted already)."""
+
+    begin: int
+    end: int
+    first_new: int
+
+
+def scoring_windows(length: int, window: int, stride: int) -> list[ScoringWindow]:
+    """The windows that score each token of a `length`-token sequence exactly once, every engine's (transformers
+    here, llama.cpp in zhllama.quantize.llamacpp) so that their perplexities compare.
 
     The first window scores all its tokens; each later window starts `stride` tokens further and scores only
     the tokens no earlier window scored, each seeing up to `window - 1` tokens of context.
     """
     if not 0 < stride < window:
         raise UserError(f"stride {stride} must be between 1 and window {window} - 1 so that windows overlap")
-    if len(ids) < 2:
-        return 0.0, 0
+    windows: list[ScoringWindow] = []
+    scored_until, begin = 1, 0
+    while length >= 2:
+        end = min(begin + window, length)
+        windows.append(ScoringWindow(begin, end, scored_until - begin - 1))
+        if end >= length:
+            break
+        scored_until, begin = end, begin + stride
+    return windows
+
+
+@torch.no_grad()
+def document_nll(model: torch.nn.Module, ids: list[int], window: int, stride: int) -> tuple[float, int]:
+    """(summed NLL, scored tokens) of one token sequence, window by window (scoring_windows)."""
     device = model_device(model)
-    total, scored, scored_until, begin = 0.0, 0, 1, 0
-    while True:
-        end = min(begin + window, len(ids))
+    total, scored = 0.0, 0
+    for begin, end, first_new in scoring_windows(len(ids), window, stride):
         inputs = torch.tensor([ids[begin:end]], device=device)
         logprobs = torch.log_softmax(model(inputs).logits[0, :-1].float(), dim=-1)
-        token_nll = -logprobs.gather(1, inputs[0, 1:, None])[:, 0]
-        # token_nll[i] is the NLL of token begin + 1 + i
-        new = token_nll[scored_until - begin - 1 :]
+        new = -logprobs.gather(1, inputs[0, 1:, None])[first_new:, 0]
         total += new.sum().item()
         scored += new.numel()
-        scored_until = end
-        if end >= len(ids):
-            return total, scored
-        begin += stride
+    return total, scored
 
 
 def per_char_perplexity(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from zhllama.eval.loading import model_device
+from zhllama.models.loading import model_device
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -1,27 +1,22 @@
-"""The eval and generate stages: inputs from the run context, the plain functions, outputs published."""
+"""The eval stage: inputs from the run context, the plain functions, the report published."""
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
-import torch
-
 from zhllama.errors import UserError
 from zhllama.eval.exams import read_exam_dir, score_subject
-from zhllama.eval.generation import PAPER_DECODING, decoding_settings, generate, read_prompts
-from zhllama.eval.loading import context_length, load_spec_model
 from zhllama.eval.perplexity import per_char_perplexity, read_documents
 from zhllama.eval.report import EvalReport, ExamResult, write_report
 from zhllama.eval.tasks import read_task_file, sample_generations, score_task
-from zhllama.prompts import alpaca_prompt
-from zhllama.spec.models import EvalSpec, GenerateSpec
+from zhllama.generate.decoding import PAPER_DECODING
+from zhllama.models.loading import context_length, load_spec_model
+from zhllama.spec.models import EvalSpec
 
 if TYPE_CHECKING:
-    from zhllama.runs import RunContext
+    from zhllama.run import RunContext
 
 
 def run_eval(ctx: RunContext) -> None:
@@ -74,26 +69,3 @@ def run_eval(ctx: RunContext) -> None:
     write_report(report, ctx.output_dir("eval"))
     ctx.publish("eval")
 
-
-def run_generate(ctx: RunContext) -> None:
-    """Answer each prompt with the paper's decoding settings, streaming to stdout, into generations.jsonl."""
-    spec = cast(GenerateSpec, ctx.spec)
-    prompts = [(prompt, "") for prompt in spec.prompts]
-    if spec.prompts_file:
-        prompts += read_prompts(ctx.input(spec.prompts_file))
-    if not prompts:
-        raise UserError("generate: no prompts; set `prompts` or `prompts_file`")
-    model, tokenizer = load_spec_model(ctx, spec)
-    settings = decoding_settings(spec)
-    torch.manual_seed(spec.seed)
-    out_dir = ctx.output_dir("generations")
-    with (out_dir / "generations.jsonl").open("w", encoding="utf-8") as records:
-        for number, (instruction, extra) in enumerate(prompts, start=1):
-            plain = f"{instruction}\n{extra}" if extra else instruction
-            prompt = alpaca_prompt(instruction, extra) if spec.instruction_model else plain
-            sys.stdout.write(f"\n[{number}/{len(prompts)}] {instruction}\n")
-            output = generate(model, tokenizer, prompt, settings, out=sys.stdout)
-            record = {"instruction": instruction, "input": extra, "prompt": prompt, "output": output}
-            records.write(json.dumps(record, ensure_ascii=False) + "\n")
-    (out_dir / "generation_config.json").write_text(json.dumps(asdict(settings), indent=2) + "\n", encoding="utf-8")
-    ctx.publish("generations")

@@ -11,7 +11,6 @@ answer budget is the longest reference answer plus a margin, so a model that ram
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.generation import DecodingSettings, generate
-from zhllama.eval.loading import model_device
 from zhllama.eval.scoring import encode
+from zhllama.generate.decoding import DecodingSettings, generate
+from zhllama.models.loading import model_device
 from zhllama.prompts import alpaca_prompt
+from zhllama.records import LineError, list_files, read_json_lines, string_fields
 
 METRICS = ("accuracy", "segmentation_f1")
 ANSWER_MARGIN_TOKENS = 8
@@ -44,32 +44,19 @@ class TaskExample:
 
 def read_task_file(path: Path) -> list[TaskExample]:
     """The examples of a task: one JSONL file, or a directory holding exactly one; every record has one metric."""
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.jsonl"))
-        if len(files) != 1:
-            raise UserError(f"task {path}: expected one .jsonl file in the directory, found {len(files)}")
-        path = files[0]
+    files = list_files([path], (".jsonl",), "task")
+    if len(files) != 1:
+        raise UserError(f"task {path}: expected one .jsonl file in the directory, found {len(files)}; "
+                        "put each task in a directory of its own")
     examples: list[TaskExample] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON ({error.msg}); write one object per line") from None
-            if not isinstance(record, dict) or not all(
-                isinstance(record.get(key), str) for key in ("instruction", "output", "metric")
-            ):
-                raise UserError(f"{where}: a task record needs string fields instruction, output and metric")
-            if record["metric"] not in METRICS:
-                raise UserError(f"{where}: metric {record['metric']!r} is unknown; use one of {', '.join(METRICS)}")
-            if examples and record["metric"] != examples[0].metric:
-                raise UserError(f"{where}: metric {record['metric']!r} differs from the file's first record "
-                                f"({examples[0].metric!r}); put each metric in a task file of its own")
-            examples.append(TaskExample(record["instruction"], str(record.get("input") or ""), record["output"],
-                                        record["metric"]))
+    for where, record in read_json_lines(files[0]):
+        instruction, output, metric = string_fields(record, where, "instruction", "output", "metric")
+        if metric not in METRICS:
+            raise LineError(where, f"metric {metric!r} is unknown", f"use one of {', '.join(METRICS)}")
+        if examples and metric != examples[0].metric:
+            raise LineError(where, f"metric {metric!r} differs from the file's first record ({examples[0].metric!r})",
+                            "put each metric in a task file of its own")
+        examples.append(TaskExample(instruction, str(record.get("input") or ""), output, metric))
     if not examples:
         raise UserError(f"task {path}: no records; a task file is JSONL with instruction, input, output, metric")
     return examples

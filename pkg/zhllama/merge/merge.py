@@ -20,8 +20,9 @@ import torch
 
 from zhllama.errors import UserError
 from zhllama.merge.adapters import EMBED, LM_HEAD, Adapter, read_adapter
-from zhllama.merge.inputs import copy_tokenizer_files, gguf_file_of, import_gguf_model, tokenizer_dir
 from zhllama.merge.shards import StoredTensor, index_safetensors, read_tensor, write_shards
+from zhllama.models import copy_tokenizer_files, locate_model
+from zhllama.models.loading import load_tokenizer, tokenizer_directory
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -68,7 +69,8 @@ def merge_lora(
 ) -> dict[str, Any]:
     """Merge `adapters` (in order) into `base`, writing an HF model directory with the tokenizer's files.
 
-    `base` is an HF safetensors directory or a GGUF file; `tokenizer` a tokenizer directory or a GGUF file.
+    `base` is an HF safetensors directory or a GGUF file (imported into scratch; the stage passes the import the
+    store caches); `tokenizer` a tokenizer directory or a GGUF file.
     Returns a summary (vocab size, tying, shard count, bytes, seconds).
     """
     started = time.monotonic()
@@ -78,10 +80,9 @@ def merge_lora(
         raise UserError(f"merge: output directory {out_dir} is not empty; pass a new directory")
     loaded = [read_adapter(path) for path in adapters]
     with tempfile.TemporaryDirectory(dir=workdir, prefix="merge-") as scratch:
-        tokenizer_files = tokenizer_dir(tokenizer, Path(scratch))
-        vocab_size = tokenizer_length(tokenizer_files)
-        gguf = gguf_file_of(base)
-        base_dir = import_gguf_model(gguf, Path(scratch) / "base") if gguf else base
+        tokenizer_files = tokenizer_directory(tokenizer, Path(scratch))
+        vocab_size = len(load_tokenizer(tokenizer_files))
+        base_dir = _hf_base(base, Path(scratch))
         config = read_config(base_dir)
         plan = plan_merge(index_safetensors(base_dir), config, loaded, vocab_size, tokenizer)
 
@@ -120,10 +121,15 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def tokenizer_length(path: Path) -> int:
-    from transformers import AutoTokenizer
+def _hf_base(base: Path, scratch: Path) -> Path:
+    """The HF directory of `base`; a GGUF base is imported into `scratch` (uncached: no store here)."""
+    files = locate_model(base, field="base_model")
+    if files.gguf is None:
+        return files.directory
+    from zhllama.models.gguf import import_gguf
 
-    return len(AutoTokenizer.from_pretrained(path))
+    import_gguf(files.gguf, scratch / "base")
+    return scratch / "base"
 
 
 def plan_merge(

@@ -1,4 +1,8 @@
-"""The merge stage: inputs from the run context, merge_lora, the merged model published as `model`."""
+"""The merge stage: inputs from the run context, merge_lora, the merged model published as `model`.
+
+A GGUF base goes through the store's import cache (models.gguf.hf_model_dir), shared with the training stages:
+the pipeline's merge reuses the import pretraining already made instead of dequantizing the base again.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from zhllama.errors import UserError
 from zhllama.merge.merge import merge_lora
+from zhllama.models.gguf import hf_model_dir
 from zhllama.spec.models import MergeSpec
 
 if TYPE_CHECKING:
-    from zhllama.runs import RunContext
+    from zhllama.run import RunContext
 
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -32,7 +37,7 @@ def run_merge(ctx: RunContext) -> None:
     max_shard_bytes = parse_size(spec.max_shard_size)
     out_dir = ctx.output_dir("model")
     summary = merge_lora(
-        ctx.input(spec.base_model),
+        hf_model_dir(ctx, spec.base_model, field="base_model"),  # one pod: node 0 builds, nobody waits
         [ctx.input(uri) for uri in spec.adapters],
         ctx.input(spec.tokenizer),
         out_dir,

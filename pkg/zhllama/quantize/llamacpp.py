@@ -89,14 +89,17 @@ def check_file(
     Returns `token_ids` (one list per text), `nll`/`scored` over the documents with the same windows as the
     transformers perplexity, `logits` (numpy) for `logits_ids`, and `tokens_per_second` of greedy generation.
     """
+    # Only here, in the parent: the child must not import zhllama.eval (torch and transformers).
+    from zhllama.eval.perplexity import scoring_windows
+
     request = {
         "op": "check",
         "model": str(gguf_file),
         "texts": texts,
         "documents": documents,
+        "windows": [scoring_windows(len(ids), window, stride) for ids in documents],
         "logits_ids": logits_ids,
         "window": window,
-        "stride": stride,
         "generate_tokens": generate_tokens,
     }
     return _run(request, timeout)
@@ -121,14 +124,14 @@ def _child_quantize(request: dict[str, Any]) -> dict[str, Any]:
 def _child_check(request: dict[str, Any]) -> dict[str, Any]:
     import llama_cpp
 
-    window, stride = request["window"], request["stride"]
     scorer = llama_cpp.Llama(
-        request["model"], n_ctx=max(window, len(request["logits_ids"])), n_batch=512, logits_all=True, verbose=False
+        request["model"], n_ctx=max(request["window"], len(request["logits_ids"])), n_batch=512, logits_all=True,
+        verbose=False,
     )
     token_ids = [scorer.tokenize(text.encode(), add_bos=False, special=False) for text in request["texts"]]
     nll, scored = 0.0, 0
-    for ids in request["documents"]:
-        document_nll, document_scored = _document_nll(scorer, ids, window, stride)
+    for ids, windows in zip(request["documents"], request["windows"], strict=True):
+        document_nll, document_scored = _document_nll(scorer, ids, windows)
         nll += document_nll
         scored += document_scored
     scorer.reset()
@@ -158,13 +161,11 @@ def _child_check(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _document_nll(llm: Any, ids: list[int], window: int, stride: int) -> tuple[float, int]:
-    """The windows of zhllama.eval.perplexity.document_nll, scored by llama.cpp."""
-    if len(ids) < 2:
-        return 0.0, 0
-    total, scored, scored_until, begin = 0.0, 0, 1, 0
-    while True:
-        end = min(begin + window, len(ids))
+def _document_nll(llm: Any, ids: list[int], windows: list[list[int]]) -> tuple[float, int]:
+    """(summed NLL, scored tokens) of `ids` over the (begin, end, first_new) windows the parent computed with
+    zhllama.eval.perplexity.scoring_windows, as transformers scores them there."""
+    total, scored = 0.0, 0
+    for begin, end, first_new in windows:
         llm.reset()
         llm.eval(ids[begin:end])
         logits = llm.scores[: end - begin - 1]
@@ -172,14 +173,10 @@ def _document_nll(llm: Any, ids: list[int], window: int, stride: int) -> tuple[f
         peak = logits.max(axis=1)
         log_normalizer = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
         token_nll = (log_normalizer - logits[np.arange(len(targets)), targets]).astype(np.float64)
-        # token_nll[i] is the NLL of token begin + 1 + i
-        new = token_nll[scored_until - begin - 1 :]
+        new = token_nll[first_new:]
         total += float(new.sum())
         scored += int(new.size)
-        scored_until = end
-        if end >= len(ids):
-            return total, scored
-        begin += stride
+    return total, scored
 
 
 def _main(request_file: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.perplexity import document_ids, per_char_perplexity
+from zhllama.eval.perplexity import PerplexityResult, document_ids, per_char_perplexity
 from zhllama.quantize.checks import compare_logits, load_with_transformers, model_logits, read_back
 from zhllama.quantize.export import NUMPY_TYPES, export_gguf
 from zhllama.quantize.llamacpp import K_QUANTS, LlamaCppFailed, check_file, quantize_k, unavailable_reason
@@ -78,21 +78,8 @@ def quantize_all(
     check_types(types)
     if not any(documents):
         raise UserError("quantize: the held-out text is empty; pass at least one document for the perplexity table")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     llama_reason = unavailable_reason()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf_tokens = list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
-    document_tokens = [document_ids(tokenizer, text) for text in documents]
-    logits_ids = document_tokens[0][:CHECK_TOKENS]
-    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    source_ppl = per_char_perplexity(source, tokenizer, documents, window, stride)
-    heldout = HeldOut(
-        tokenizer, documents, document_tokens, logits_ids, model_logits(source, logits_ids), window, stride
-    )
-    del source
-    gc.collect()
-
+    heldout, hf_tokens, source_ppl = _reference(model_dir, documents, window, stride)
     report: dict[str, Any] = {
         "model": str(model_dir),
         "heldout": {"documents": len(documents), "characters": heldout.characters, "window": window, "stride": stride},
@@ -106,22 +93,12 @@ def quantize_all(
         for qtype in progress(ordered):
             row: dict[str, Any] = {"type": qtype, "via": "llama.cpp" if qtype in K_QUANTS else "gguf"}
             report["types"].append(row)
-            path = gguf_path(out_dir, qtype)
             started = time.monotonic()
-            if qtype in K_QUANTS:
-                if llama_reason is not None:
-                    row["skipped"] = f"K-quants are made only by llama.cpp's quantizer: {llama_reason}"
-                    continue
-                f16 = gguf_path(out_dir, "F16") if "F16" in types else Path(scratch) / "model-F16.gguf"
-                if not f16.is_file():
-                    export_gguf(model_dir, f16, "F16")
-                try:
-                    quantize_k(f16, path, qtype)
-                except LlamaCppFailed as error:
-                    row["skipped"] = str(error)
-                    continue
-            else:
-                export_gguf(model_dir, path, qtype)
+            skipped = _write_file(model_dir, out_dir, qtype, types, Path(scratch), llama_reason)
+            if skipped is not None:
+                row["skipped"] = skipped
+                continue
+            path = gguf_path(out_dir, qtype)
             row.update(file=path.name, bytes=path.stat().st_size, seconds=round(time.monotonic() - started, 1))
             row["readback"] = read_back(path, hf_tokens)
             use_llama_cpp = check_llama_cpp and llama_reason is None
@@ -132,6 +109,46 @@ def quantize_all(
     _add_deltas(report)
     write_report(report, out_dir)
     return report
+
+
+def _reference(
+    model_dir: Path, documents: list[str], window: int, stride: int
+) -> tuple[HeldOut, list[str], PerplexityResult]:
+    """What every quantized file is compared with: the HF model's logits and perplexity on the held-out text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hf_tokens = list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    document_tokens = [document_ids(tokenizer, text) for text in documents]
+    logits_ids = document_tokens[0][:CHECK_TOKENS]
+    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    source_ppl = per_char_perplexity(source, tokenizer, documents, window, stride)
+    heldout = HeldOut(
+        tokenizer, documents, document_tokens, logits_ids, model_logits(source, logits_ids), window, stride
+    )
+    del source  # the float32 model is the largest thing in memory: gone before the first export
+    gc.collect()
+    return heldout, hf_tokens, source_ppl
+
+
+def _write_file(
+    model_dir: Path, out_dir: Path, qtype: str, types: list[str], scratch: Path, llama_reason: str | None
+) -> str | None:
+    """Write model-<qtype>.gguf; the reason it was skipped, or None."""
+    path = gguf_path(out_dir, qtype)
+    if qtype not in K_QUANTS:
+        export_gguf(model_dir, path, qtype)
+        return None
+    if llama_reason is not None:
+        return f"K-quants are made only by llama.cpp's quantizer: {llama_reason}"
+    f16 = gguf_path(out_dir, "F16") if "F16" in types else scratch / "model-F16.gguf"
+    if not f16.is_file():
+        export_gguf(model_dir, f16, "F16")
+    try:
+        quantize_k(f16, path, qtype)
+    except LlamaCppFailed as error:
+        return str(error)
+    return None
 
 
 def _transformers_row(path: Path, heldout: HeldOut, with_perplexity: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from zhllama.quantize.quantize import check_types, quantize_all
 from zhllama.spec.models import QuantizeSpec
 
 if TYPE_CHECKING:
-    from zhllama.runs import RunContext
+    from zhllama.run import RunContext
 
 
 def run_quantize(ctx: RunContext) -> None:

@@ -22,7 +22,7 @@ from zhllama.report.markdown import (
     tokenizer_section,
     training_section,
 )
-from zhllama.runs import run_key, spec_record
+from zhllama.run import run_key, spec_record
 from zhllama.spec import PipelineSpec, StageSpec
 from zhllama.store import ArtifactStore
 

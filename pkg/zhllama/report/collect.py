@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zhllama.errors import ArtifactError
-from zhllama.runs import run_key
+from zhllama.run import run_key
 from zhllama.spec import StageSpec
 from zhllama.store import ArtifactStore, join_key
-from zhllama.store.base import sha256_bytes
+from zhllama.store.base import check_file
 
 TRAIN_METRICS = ("metrics", "metrics.jsonl")
 """Training stages publish runs/<id>/metrics/metrics.jsonl (an artifact of its own)."""
@@ -47,14 +49,17 @@ class PipelineResults:
 
 
 def read_artifact_file(store: ArtifactStore, artifact: str, name: str) -> bytes:
-    """One file of a complete artifact, verified against the manifest's size and sha256."""
+    """One file of a complete artifact, verified against the manifest's size and sha256 as every fetch is."""
     meta = store.read_manifest(artifact).get("files", {}).get(name)
     uri = store.uri(join_key(artifact, name))
     if meta is None:
         raise ArtifactError(f"{uri} is not in its artifact's manifest; the stage that writes it is older or failed")
     data = store.read_bytes(join_key(artifact, name))
-    if len(data) != meta["size"] or sha256_bytes(data) != meta["sha256"]:
-        raise ArtifactError(f"{uri} is corrupt: it does not match its manifest; re-run its stage")
+    # check_file reads a local file; a report file is kilobytes, so the detour costs nothing.
+    with tempfile.TemporaryDirectory(prefix="zhllama-report-") as scratch:
+        local = Path(scratch) / "file"
+        local.write_bytes(data)
+        check_file(local, meta, uri)
     return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -13,10 +14,14 @@ from pathlib import Path
 
 from zhllama.errors import UserError
 from zhllama.run.context import RunContext
+from zhllama.run.heartbeat import Heartbeat
 from zhllama.run.inputs import changed_inputs
 from zhllama.run.layout import now
-from zhllama.run.record import adopt, spec_record
+from zhllama.run.record import adopt, outputs_verify, read_record, spec_record
 from zhllama.spec import spec_from_json
+
+VERIFY_ENV = "ZHLLAMA_VERIFY"
+"""`full`: check every byte of finished outputs before reusing them (`ctl run --verify`); else sizes and samples."""
 
 
 def job_main(stage: str, run_stage: Callable[[RunContext], None], argv: list[str] | None = None) -> None:
@@ -45,11 +50,13 @@ def job_main(stage: str, run_stage: Callable[[RunContext], None], argv: list[str
             ctx.set_status("Succeeded", reused=True)
             return
         ctx.set_status("Running", started=now(), host=socket.gethostname(), pid=os.getpid())
-        run_stage(ctx)
+        with _heartbeat(ctx):
+            run_stage(ctx)
         ctx.set_status("Succeeded")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        ctx.set_status("Failed", reason="InvalidInput", message=str(err).splitlines()[0])
+        # Only "\n" ends the line: str.splitlines() would also cut at a control character quoted in the message.
+        ctx.set_status("Failed", reason="InvalidInput", message=str(err).split("\n", 1)[0])
         sys.exit(2)
     except Exception as err:
         traceback.print_exc()
@@ -57,10 +64,22 @@ def job_main(stage: str, run_stage: Callable[[RunContext], None], argv: list[str
         sys.exit(1)
 
 
+def _heartbeat(ctx: RunContext) -> contextlib.AbstractContextManager[object]:
+    """Rank 0 beats for the whole job: the other ranks live and die with it (torchrun stops them together)."""
+    if not ctx.is_main:
+        return contextlib.nullcontext()
+    return Heartbeat(ctx.store, ctx.run_id, read_record(ctx.store, ctx.run_id).attempt)
+
+
 def outputs_done(ctx: RunContext) -> bool:
     """True when every output is complete and was made by this same spec (a different spec is an error)."""
     names = type(ctx.spec).outputs
     if not names or not all(ctx.output_complete(n) for n in names):
+        return False
+    if not outputs_verify(ctx.store, ctx.run_id, names, full=os.environ.get(VERIFY_ENV) == "full"):
+        if ctx.is_main:  # a corrupt artifact must not stay "complete" for a later stage to take
+            for name in names:
+                ctx.store.delete_prefix(ctx.key("outputs", name))
         return False
     for name in names:
         made_by = ctx.store.read_manifest(ctx.key("outputs", name)).get("spec", {})

@@ -2,7 +2,9 @@
 
   runs/<id>/spec.json            the resolved spec (no secrets)          written by run.record only
   runs/<id>/status.json          state, timestamps, reason, transitions  written by run.record only
-  runs/<id>/logs/                job logs
+  runs/<id>/attempts/<n>.json    who started attempt n (created exclusively)
+  runs/<id>/heartbeat.json       the running job's proof of life          written by run.heartbeat only
+  runs/<id>/logs/attempt-<n>.log each attempt's log, uploaded while it runs
   runs/<id>/outputs/<name>/      artifacts (complete when manifest.json exists)
   runs/<id>/checkpoints/step-N/  training checkpoints (artifacts too)
   runs/<id>/report/              the pipeline's report (an artifact)
@@ -16,6 +18,10 @@ from zhllama.store import join_key
 
 SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
+REPORT = "report"
+"""A pipeline's own artifact, runs/<id>/report/."""
+ATTEMPTS_DIR = "attempts"
+"""attempts/<n>.json: created exclusively, once per attempt, by the submit that starts it."""
 
 
 def run_key(run_id: str, *parts: str) -> str:

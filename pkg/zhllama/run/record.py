@@ -12,14 +12,17 @@ transition when it says the run ended without the job recording it (a pod OOM-ki
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from zhllama.errors import UserError
+from zhllama.errors import ArtifactError, UserError
 from zhllama.run.inputs import changed_inputs
-from zhllama.run.layout import SPEC_FILE, STATUS_FILE, now, run_key
+from zhllama.run.layout import ATTEMPTS_DIR, SPEC_FILE, STATUS_FILE, now, run_key
 from zhllama.spec import StageSpec
 from zhllama.store import ArtifactStore
 
@@ -115,16 +118,19 @@ def open_run(
     backend: BackendName,
     force: bool = False,
     namespace: str | None = None,
-) -> RunRecord:
-    """Record a new attempt of `spec`'s run (Pending); the caller then starts its job.
+) -> tuple[RunRecord, bool]:
+    """Record a new attempt of `spec`'s run (Pending): (its record, whether this caller must start its job).
 
     Backends ask `attached` first, so a live or succeeded run of the same spec is joined, never started
     twice. The same spec after a failure is the next attempt (training resumes from its checkpoints). A
     different spec is refused unless `force`, which deletes the old outputs and checkpoints first.
+
+    Attempt N exists once `runs/<id>/attempts/N.json` is created, exclusively: of two submits released at the
+    same instant one creates it and starts the job; the other gets (the winner's record, False) and attaches.
     """
     existing = stored_spec(store, spec.run_id)
     wanted = spec_record(spec)
-    previous: RunRecord | None = None
+    previous = _record_or_none(store, spec.run_id)
     if existing is not None and existing != wanted:
         if not force:
             changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
@@ -134,50 +140,86 @@ def open_run(
             )
         store.delete_prefix(run_key(spec.run_id, "outputs"))
         store.delete_prefix(run_key(spec.run_id, "checkpoints"))
-    elif existing is not None:
-        try:
-            previous = read_record(store, spec.run_id)
-        except UserError:
-            previous = None
-    store.write_json(run_key(spec.run_id, SPEC_FILE), wanted)
+    attempt = previous.attempt + 1 if previous is not None else 1
     stamp = now()
+    claim = json.dumps({"attempt": attempt, "by": backend, "at": stamp, "host": socket.gethostname()}).encode()
+    if not store.create_exclusive(run_key(spec.run_id, ATTEMPTS_DIR, f"{attempt}.json"), claim):
+        return _wait_for_attempt(store, spec.run_id, attempt), False
+    store.write_json(run_key(spec.run_id, SPEC_FILE), wanted)
     record = RunRecord(
         run_id=spec.run_id,
         stage=spec.stage,
         backend=backend,
         namespace=namespace,
-        attempt=(previous.attempt + 1) if previous is not None else 1,
+        attempt=attempt,
         created=previous.created if previous is not None else stamp,
         updated=stamp,
         transitions=(previous.transitions if previous is not None else ())
         + (Transition(state="Pending", at=stamp, by=backend),),
     )
     _write(store, record)
-    return record
+    return record, True
+
+
+def _record_or_none(store: ArtifactStore, run_id: str) -> RunRecord | None:
+    try:
+        return read_record(store, run_id)
+    except UserError:
+        return None
+
+
+def _wait_for_attempt(store: ArtifactStore, run_id: str, attempt: int, timeout_s: float = 60.0) -> RunRecord:
+    """The record of an attempt another submit claimed a moment ago, once it has written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = _record_or_none(store, run_id)
+        if record is not None and record.attempt >= attempt:
+            return record
+        time.sleep(0.2)
+    raise UserError(f"run {run_id}: attempt {attempt} was claimed by another submit that has not recorded it in "
+                    f"{timeout_s:.0f}s; check `ctl status {run_id}` and submit again")
 
 
 def adopt(store: ArtifactStore, spec: StageSpec, backend: BackendName) -> None:
     """Give a job started without ctl (a plain `helm install`, a hand-run jobs/<stage>.py) a record to write to."""
-    try:
-        read_record(store, spec.run_id)
-    except UserError:
+    if _record_or_none(store, spec.run_id) is None:
         open_run(store, spec, backend=backend, force=True)
 
 
-def attached(store: ArtifactStore, spec: StageSpec, status_of: Callable[[str], RunStatus]) -> RunStatus | None:
+def attached(
+    store: ArtifactStore, spec: StageSpec, status_of: Callable[[str], RunStatus], *, verify_full: bool = False
+) -> RunStatus | None:
     """The run a submit of `spec` joins instead of starting a new attempt, or None to start one.
 
-    Only a run of exactly this spec that is live or done is joined; a done one whose inputs changed since (an
-    upstream step ran again) is not, so its job runs and remakes the outputs from the new inputs.
+    Only a run of exactly this spec that is live or done is joined. A done one is not when its inputs changed
+    since (an upstream step ran again) or its outputs fail verification (cheap: sizes and sampled chunks;
+    every byte with `verify_full`): its job then runs and remakes them.
     """
     if stored_spec(store, spec.run_id) != spec_record(spec):
         return None
     current = status_of(spec.run_id)
     if current.state not in ATTACHABLE:
         return None
-    if current.state == "Succeeded" and changed_inputs(store, spec.run_id, type(spec).outputs):
+    if current.state == "Succeeded" and (
+        changed_inputs(store, spec.run_id, type(spec).outputs)
+        or not outputs_verify(store, spec.run_id, type(spec).outputs, full=verify_full)
+    ):
         return None
     return current
+
+
+def outputs_verify(store: ArtifactStore, run_id: str, outputs: tuple[str, ...], *, full: bool = False) -> bool:
+    """Whether every complete output still matches its manifest; says which does not."""
+    for name in outputs:
+        key = run_key(run_id, "outputs", name)
+        if not store.is_complete(key):
+            continue
+        try:
+            store.verify(key, full=full)
+        except ArtifactError as err:
+            print(f"{run_id}: output {name!r} fails verification ({err}); running the stage again", flush=True)
+            return False
+    return True
 
 
 def transition(

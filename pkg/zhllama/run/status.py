@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from zhllama.run.heartbeat import age_s, lease_s, read_heartbeat
 from zhllama.run.layout import run_key
 from zhllama.run.record import FINISHED, RunRecord, RunState, transition
 from zhllama.store import ArtifactStore
@@ -41,9 +42,13 @@ def reconcile(store: ArtifactStore, record: RunRecord, observed: RunStatus | Non
     so every later reader sees it in the store; a live observation (Unschedulable, ImagePullBackOff,
     Restarting) is shown without being written, since it changes as often as the cluster does.
     """
+    if record.is_finished:
+        return _status(store, record, None)
     if record.backend == "pipeline":
         observed = _driver_observation(record)
-    if observed is not None and not record.is_finished:
+    if observed is None:
+        observed = _lease_observation(store, record)
+    if observed is not None:
         if observed.finished:
             record = transition(
                 store, record.run_id, observed.state, by=record.backend, reason=observed.reason,
@@ -67,6 +72,29 @@ def _status(store: ArtifactStore, record: RunRecord, live: RunStatus | None) -> 
     if live is not None:
         return RunStatus(record.run_id, live.state, live.reason, live.message, record.stage, details)
     return RunStatus(record.run_id, record.state, record.reason, record.message, record.stage, details)
+
+
+def _lease_observation(store: ArtifactStore, record: RunRecord) -> RunStatus | None:
+    """Failed (Lost) when a run that should be beating has not for longer than the lease.
+
+    A Running job beats; so does a local run from the moment its process starts (Pending lasts seconds there).
+    A Pending cluster run may wait hours in a queue without a process to beat, so it is left to the cluster.
+    """
+    if not (record.state == "Running" or (record.state == "Pending" and record.backend == "local")):
+        return None
+    beat = read_heartbeat(store, record.run_id)
+    last = beat["at"] if beat is not None and beat.get("attempt") == record.attempt else None
+    since = last or record.updated
+    age = age_s(since)
+    if age is None or age <= lease_s():
+        return None
+    where = f" from {beat['host']}" if last and beat is not None and beat.get("host") else ""
+    what = f"no heartbeat since {since}{where}" if last else f"no heartbeat at all since {since}"
+    return RunStatus(
+        record.run_id, "Failed", "Lost",
+        f"{what} ({age:.0f}s > lease {lease_s():.0f}s): the job is gone (killed, its machine lost, or the store "
+        "unreachable from it); run the same command again to resume", record.stage,
+    )
 
 
 def _driver_observation(record: RunRecord) -> RunStatus | None:

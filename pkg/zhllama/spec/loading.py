@@ -60,6 +60,10 @@ def resolve_spec(
             merged = deep_merge(merged, {"resources": gpu_layout(gpus, int(per_node))})
         except ValueError as err:
             problems.append(str(err))
+    for key, given, flag in (("stage", stage, "the command's STAGE argument"), ("size", size, "--size")):
+        if merged.get(key, given) != given:
+            problems.append(f"{key}: {merged[key]!r} cannot be set as a field; it comes from {flag} (here {given!r})"
+                            + (f" [{lines[(key,)]}]" if (key,) in lines else ""))
     merged["stage"] = stage
     merged["size"] = size
     merged.setdefault("run_id", run_id or new_run_id(stage))

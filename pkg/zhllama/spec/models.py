@@ -370,6 +370,18 @@ class PipelineSpec(StageSpec):
 
     outputs: ClassVar[tuple[str, ...]] = ("report",)
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_name_stages(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # A misspelt stage would otherwise be ignored: its settings silently never applied.
+        unknown = sorted(set(value) - set(PIPELINE_STAGES))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(repr(name) for name in unknown)} is not a pipeline stage; "
+                f"overrides are keyed by stage: {', '.join(PIPELINE_STAGES)}"
+            )
+        return value
+
 
 STAGE_SPECS: dict[str, type[StageSpec]] = {
     "tokenizer": TokenizerSpec,

@@ -1,7 +1,7 @@
 """Artifact stores: a directory (file://) or S3 (s3://), the same interface (store.base.ArtifactStore).
 
-May import: zhllama.errors (and boto3, in store.s3 only). Must not import anything else of zhllama: URIs of
-runs and embedded defaults are resolved above it, in zhllama.run.inputs.
+May import: zhllama.errors (and boto3, in store.s3 and its store.s3_faults only). Must not import anything else
+of zhllama: URIs of runs and embedded defaults are resolved above it, in zhllama.run.inputs.
 """
 
 from __future__ import annotations

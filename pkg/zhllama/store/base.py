@@ -1,7 +1,8 @@
 """The artifact store: a directory or an S3 bucket, seen through one small interface.
 
 Backends implement a handful of object operations (`_put_file`, `_get_file`, ...). Everything about artifacts
-(manifest last, verification on read, safe local paths) is written once here on top of them.
+(manifest last, verification on read, safe local paths, never writing through a link) is written once here on top
+of them.
 """
 
 from __future__ import annotations
@@ -19,20 +20,41 @@ from typing import Any
 from zhllama.errors import ArtifactError, UserError
 from zhllama.store.manifest import MANIFEST, build_manifest, list_files, manifest_bytes, sha256_file
 from zhllama.store.node_cache import local_cache_dir, node_lock
+from zhllama.store.verify import check_hashes, check_sizes
 
 COMPLETE_MARK = ".complete"
 
 
 def safe_local_path(dest: Path, key: str) -> Path:
-    """`dest/key`, refusing keys that would land outside `dest` (absolute, `..`, drive letters, backslashes)."""
-    parts = PurePosixPath(key.replace("\\", "/")).parts
-    if not parts or key.startswith("/") or any(p in ("..", "") or ":" in p for p in parts):
-        raise ArtifactError(f"refusing to write {key!r}: the key points outside the destination directory")
+    """`dest/key`, refusing keys that would land outside `dest` (absolute, `..`, drive letters, backslashes).
+
+    Used for reads and writes alike, so the messages say where the key points, not what was about to happen.
+    """
+    parts = _key_parts(key)
     root = dest.resolve()
     target = root.joinpath(*parts).resolve()
     if not target.is_relative_to(root):
-        raise ArtifactError(f"refusing to write {key!r}: it resolves outside {root}")
+        raise ArtifactError(f"{key!r} resolves outside the destination {root}")
     return target
+
+
+def _key_parts(key: str) -> tuple[str, ...]:
+    parts = PurePosixPath(key.replace("\\", "/")).parts
+    if not parts or key.startswith("/") or any(p in ("..", "") or ":" in p for p in parts):
+        raise ArtifactError(f"{key!r} points outside the destination directory")
+    return parts
+
+
+def refuse_links(dest: Path, key: str) -> None:
+    """Refuse if `dest` or an existing entry on the way from it to `dest/key` is a symbolic link.
+
+    A link planted in a pull's destination (`D/tokenizer/manifest.json -> /tmp/victim`) would otherwise have the
+    write land wherever it points. `dest`'s own parents are the caller's choice and are not looked at.
+    """
+    parts = _key_parts(key)
+    for path in (dest, *(dest.joinpath(*parts[: depth + 1]) for depth in range(len(parts)))):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; ctl pull does not write through links: remove it")
 
 
 def join_key(*parts: str) -> str:
@@ -76,6 +98,19 @@ class ArtifactStore(ABC):
     @abstractmethod
     def object_versions(self, key: str) -> dict[str, str]:
         """The object `key`, or every object under `key/`, each with a version ("size:etag" or "size:mtime")."""
+
+    @abstractmethod
+    def _object_sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under `prefix/`, by its path relative to it, with its size: one listing, no reads."""
+
+    @abstractmethod
+    def _range_sha256(self, key: str, offset: int, length: int) -> str:
+        """The sha256 of `length` bytes of the object `key` from `offset`, read (streamed) without a copy."""
+
+    @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write the object `key` only if it does not exist: True when this call created it, False when it was
+        already there. Of any number of concurrent callers exactly one gets True."""
 
     def uri(self, key: str) -> str:
         return f"{self.root_uri.rstrip('/')}/{key}"
@@ -173,7 +208,11 @@ class ArtifactStore(ABC):
             shutil.rmtree(staging, ignore_errors=True)
 
     def _download(self, key: str, manifest: dict[str, Any], dest: Path, progress: bool) -> Path:
+        """Every file into a staging directory inside `dest`, checked, then each renamed into place, the manifest
+        last. A rename replaces a link at the target instead of following it; links above it are refused first."""
         files: dict[str, dict[str, Any]] = manifest.get("files", {})
+        for rel in (*files, MANIFEST):
+            refuse_links(dest, rel)
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest))
         try:
@@ -182,23 +221,31 @@ class ArtifactStore(ABC):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._get_file(join_key(key, rel), target, progress=progress)
                 check_file(target, meta, self.uri(join_key(key, rel)))
-            for rel in files:
-                final = safe_local_path(dest, rel)
+            (staging / MANIFEST).write_bytes(manifest_bytes(manifest))
+            for rel in (*files, MANIFEST):
+                refuse_links(dest, rel)  # again, just before: the download took a while
+                final = dest.joinpath(*_key_parts(rel))  # not resolved: a link there is replaced, not followed
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(safe_local_path(staging, rel), final)
-            (dest / MANIFEST).write_bytes(manifest_bytes(manifest))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return dest
 
-    def verify(self, key: str) -> dict[str, Any]:
-        """Check an artifact in place (the directory store reads files without copying them)."""
+    def verify(self, key: str, *, full: bool = False) -> dict[str, Any]:
+        """Check the artifact `key` where it lies; its manifest, or ArtifactError naming the first bad file.
+
+        Cheap by default (store/verify.py): every size from one listing, then one or two random chunks of every
+        file hashed by ranged reads. `full` hashes every byte of every file.
+        """
         manifest = self.read_manifest(key)
-        for rel, meta in manifest.get("files", {}).items():
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / "f"
-                self._get_file(join_key(key, rel), local)
-                check_file(local, meta, self.uri(join_key(key, rel)))
+        files: dict[str, dict[str, Any]] = manifest.get("files", {})
+
+        def uri(rel: str) -> str:
+            return self.uri(join_key(key, rel))
+
+        check_sizes(files, self._object_sizes(key), uri)
+        check_hashes(files, lambda rel, offset, length: self._range_sha256(join_key(key, rel), offset, length),
+                     uri, full=full)
         return manifest
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +12,8 @@ from typing import Any
 
 from zhllama.store.base import ArtifactStore, check_file, join_key, safe_local_path
 from zhllama.store.manifest import MANIFEST, build_manifest, manifest_bytes
+
+_BLOCK = 1 << 20
 
 
 class DirStore(ArtifactStore):
@@ -45,8 +48,40 @@ class DirStore(ArtifactStore):
             handle.write(data)
         os.replace(tmp, target)
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """A complete temporary file, then link(2) to the key: the link is atomic and fails if the name exists, so
+        one caller wins and no reader ever sees the object half written."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.unlink(tmp)
+
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    def _object_sizes(self, prefix: str) -> dict[str, int]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return {}
+        return {p.relative_to(base).as_posix(): p.stat().st_size for p in base.rglob("*") if p.is_file()}
+
+    def _range_sha256(self, key: str, offset: int, length: int) -> str:
+        digest = hashlib.sha256()
+        with open(self.path(key), "rb") as handle:
+            handle.seek(offset)
+            while length > 0 and (block := handle.read(min(_BLOCK, length))):
+                digest.update(block)
+                length -= len(block)
+        return digest.hexdigest()
 
     def list_keys(self, prefix: str) -> list[str]:
         base = self.path(prefix)

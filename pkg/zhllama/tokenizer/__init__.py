@@ -5,7 +5,6 @@
 
 from zhllama.tokenizer.base import load_base_tokenizer, load_base_tokenizer_kind
 from zhllama.tokenizer.build import build_tokenizer
-from zhllama.tokenizer.peoples_daily import peoples_daily_lines, write_peoples_daily
 from zhllama.tokenizer.stage import run_tokenizer
 from zhllama.tokenizer.tokens import encode_lines, tokens_per_char
 
@@ -14,8 +13,6 @@ __all__ = [
     "encode_lines",
     "load_base_tokenizer",
     "load_base_tokenizer_kind",
-    "peoples_daily_lines",
     "run_tokenizer",
     "tokens_per_char",
-    "write_peoples_daily",
 ]

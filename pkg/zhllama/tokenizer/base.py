@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from google.protobuf.message import DecodeError
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from zhllama.errors import UserError
-from zhllama.tokenizer.proto import ModelProto, sp_pb2
+from zhllama.models.paths import preferred_tokenizer_file
+from zhllama.tokenizer.proto import ModelProto, load_sentencepiece, sp_pb2
 
 BaseKind = Literal["sentencepiece", "bytelevel_bpe"]
 GGUF_MAGIC = b"GGUF"
@@ -55,12 +55,9 @@ def _resolve_file(path: Path) -> Path:
                         "HF model directory or GGUF file")
     if not path.is_dir():
         return path
-    for name in ("tokenizer.model", "tokenizer.json"):
-        if (path / name).is_file():
-            return path / name
-    ggufs = sorted(path.glob("*.gguf"))
-    if ggufs:
-        return ggufs[0]
+    found = preferred_tokenizer_file(path, field="base_tokenizer")
+    if found is not None:
+        return found
     raise UserError(f"base tokenizer {path}: directory has no tokenizer.model, tokenizer.json or *.gguf; "
                     "point base_tokenizer at the tokenizer file itself")
 
@@ -92,15 +89,9 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
 
 
 def _load_sentencepiece(file: Path) -> ModelProto:
-    proto = sp_pb2.ModelProto()
-    try:
-        proto.ParseFromString(file.read_bytes())
-    except DecodeError as error:
-        raise UserError(f"base tokenizer {file}: not a SentencePiece model, tokenizer.json or GGUF file ({error}); "
-                        "give a LLaMA-style tokenizer.model or a byte-level BPE tokenizer.json") from error
-    if not proto.pieces:
-        raise UserError(f"base tokenizer {file}: not a SentencePiece model (no pieces); "
-                        "give a LLaMA-style tokenizer.model or a byte-level BPE tokenizer.json")
+    """Files that are neither GGUF nor JSON end up here, so the fix names every kind of base."""
+    proto = load_sentencepiece(file, "base tokenizer", "give a LLaMA-style tokenizer.model, a byte-level BPE "
+                                                       "tokenizer.json or a GGUF file")
     if proto.trainer_spec.model_type != sp_pb2.TrainerSpec.BPE:
         kind = sp_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
         raise UserError(f"base tokenizer {file}: SentencePiece {kind} model; only BPE bases (LLaMA-1/2 kind) "

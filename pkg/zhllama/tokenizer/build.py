@@ -25,11 +25,10 @@ from zhllama.tokenizer.parity import (
     round_trip,
     sentencepiece_parity,
 )
-from zhllama.tokenizer.proto import ModelProto
+from zhllama.tokenizer.proto import ModelProto, load_sentencepiece
 from zhllama.tokenizer.report import sample_segmentations, write_report
 from zhllama.tokenizer.sentencepiece_merge import (
     chinese_text_pieces,
-    load_sentencepiece,
     merge_sentencepiece,
     train_chinese_sentencepiece,
 )
@@ -67,7 +66,7 @@ def build_tokenizer(base: Path, out_dir: Path, *, corpus: Sequence[Path], chines
     with tempfile.TemporaryDirectory(prefix="zhllama-tokenizer-") as scratch:
         split = split_corpus(list(corpus), list(heldout), heldout_lines, Path(scratch) / "train.txt")
         if chinese_sp_model is not None:
-            chinese = load_sentencepiece(chinese_sp_model)
+            chinese = load_sentencepiece(chinese_sp_model, "chinese_sp_model")
             chinese_source = str(chinese_sp_model)
         elif split.train_file is None:
             raise UserError("no corpus to train the Chinese SentencePiece model on; set `corpus` or "

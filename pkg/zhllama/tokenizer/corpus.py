@@ -1,11 +1,10 @@
 """Read a Chinese corpus (txt, or JSONL with a `text` field) line by line, and split off held-out lines.
 
-Every problem is reported with the file and the line (or byte offset), since corpora are too big to eyeball.
+Every problem is reported with the file and the line (zhllama.records), since corpora are too big to eyeball.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,67 +13,30 @@ from pathlib import Path
 from tqdm import tqdm
 
 from zhllama.errors import UserError
-
-CORPUS_SUFFIXES = (".txt", ".jsonl")
+from zhllama.records import TEXT_SUFFIXES, list_files, read_texts
 
 
 def corpus_files(paths: Iterable[Path]) -> list[Path]:
     """The text files behind `paths`: files as given, directories expanded to their .txt/.jsonl files, sorted."""
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in CORPUS_SUFFIXES)
-            if not found:
-                raise UserError(f"corpus directory {path} holds no .txt or .jsonl files; add some or remove it")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"corpus file {path} does not exist; fix the path")
-    return files
+    return list_files(paths, TEXT_SUFFIXES, "corpus")
 
 
-def read_lines(file: Path) -> Iterator[str]:
+def corpus_lines(file: Path) -> Iterator[str]:
     """The non-empty lines of one corpus file, stripped; a JSONL record's `text` may hold several lines."""
-    is_jsonl = file.suffix == ".jsonl"
     found = False
-    offset = 0
-    with file.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise UserError(f"corpus file {file}: line {number} (byte offset {offset + error.start}) is not "
-                                "UTF-8; re-encode the file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)") from error
-            offset += len(raw)
-            texts = [_jsonl_text(file, number, line)] if is_jsonl and line.strip() else [line]
-            for text in texts:
-                for piece in text.splitlines():
-                    piece = piece.strip()
-                    if piece:
-                        found = True
-                        yield piece
+    for _, text in read_texts(file):
+        for piece in text.splitlines():
+            piece = piece.strip()
+            if piece:
+                found = True
+                yield piece
     if not found:
-        raise UserError(f"corpus file {file} is empty (no non-blank text); remove it from the corpus or fill it")
-
-
-def _jsonl_text(file: Path, number: int, line: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise UserError(f"corpus file {file}: line {number} is not valid JSON ({error.msg}); "
-                        "write one JSON object per line") from error
-    text = record.get("text") if isinstance(record, dict) else None
-    if not isinstance(text, str):
-        raise UserError(f"corpus file {file}: line {number} has no string `text` field; "
-                        'write records like {"text": "..."}')
-    return text
+        raise UserError(f"corpus: {file} is empty (no non-blank text); remove it from the corpus or fill it")
 
 
 def read_corpus(files: Iterable[Path]) -> Iterator[str]:
     for file in files:
-        yield from read_lines(file)
+        yield from corpus_lines(file)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from zhllama.errors import UserError
-from zhllama.tokenizer.proto import ModelProto, sp_pb2
+from zhllama.tokenizer.proto import ModelProto, load_sentencepiece, sp_pb2
 
 Piece = sp_pb2.ModelProto.SentencePiece
 # Pieces that are not text: unknown, control (<s>) and byte-fallback pieces are the base's business.
@@ -59,19 +59,6 @@ def train_chinese_sentencepiece(train_file: Path, model_prefix: Path, *, corpus_
     proto.trainer_spec.model_prefix = ""
     model_file.write_bytes(proto.SerializeToString())
     return model_file
-
-
-def load_sentencepiece(file: Path) -> ModelProto:
-    proto = sp_pb2.ModelProto()
-    try:
-        proto.ParseFromString(file.read_bytes())
-    except Exception as error:
-        raise UserError(f"chinese_sp_model {file}: not a SentencePiece model ({error}); "
-                        "give a .model file written by sentencepiece") from error
-    if not proto.pieces:
-        raise UserError(f"chinese_sp_model {file}: not a SentencePiece model (no pieces); "
-                        "give a .model file written by sentencepiece")
-    return proto
 
 
 def chinese_text_pieces(chinese: ModelProto) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zhllama.runs import RunContext
+from zhllama.run import RunContext
 from zhllama.spec import TokenizerSpec
 from zhllama.tokenizer.build import build_tokenizer
 

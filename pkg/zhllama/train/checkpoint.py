@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from zhllama.errors import UserError
+from zhllama.models.once import wait_for
+from zhllama.run import Place
 from zhllama.store import ArtifactStore, join_key
-from zhllama.train.distributed import DistEnv, wait_for
 from zhllama.train.engine import Engine
 
 STATE_FILE = "trainer_state.json"
@@ -70,11 +71,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 class Checkpoints:
     """The checkpoints of one run under `prefix` (runs/<id>/checkpoints) in the store."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, env: DistEnv, scratch: Path, keep: int,
+    def __init__(self, store: ArtifactStore, prefix: str, place: Place, scratch: Path, keep: int,
                  timeout_s: float) -> None:
         self.store = store
         self.prefix = prefix
-        self.env = env
+        self.place = place
         self.scratch = scratch
         self.keep = keep
         self.timeout_s = timeout_s
@@ -104,12 +105,12 @@ class Checkpoints:
     def save(self, step: int, state: TrainerState, engine: Engine, extra_main: Path | None = None) -> None:
         """Write this rank's share locally, then upload it in the background (rank 0's manifest last)."""
         self.wait()
-        local = self.scratch / f"save-step-{step}-rank-{self.env.rank}"
+        local = self.scratch / f"save-step-{step}-rank-{self.place.rank}"
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
         engine.save(local)
         torch.save(rng_state(), local / RNG_FILE)
-        if self.env.is_main:
+        if self.place.is_main:
             (local / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
             if extra_main is not None:
                 shutil.copytree(extra_main, local / extra_main.name)
@@ -119,10 +120,10 @@ class Checkpoints:
 
     def _publish(self, step: int, local: Path) -> None:
         try:
-            if not self.env.is_main:
-                self.store.publish_dir(local, self._key(step, self.env.rank), progress=False)
+            if not self.place.is_main:
+                self.store.publish_dir(local, self._key(step, self.place.rank), progress=False)
                 return
-            others = [self._key(step, r) for r in range(1, self.env.world_size)]
+            others = [self._key(step, r) for r in range(1, self.place.world_size)]
             self.store.publish_dir(
                 local, self._key(step, 0), extra={"checkpoint_step": step}, progress=False,
                 before_manifest=lambda: wait_for(lambda: all(self.store.is_complete(k) for k in others),
@@ -158,30 +159,30 @@ class Checkpoints:
 
     def check_world_size(self, state: TrainerState, engine: Engine) -> None:
         """Partitioned state resumes only at the world size that wrote it: refused before training starts."""
-        if state.world_size != self.env.world_size and engine.partitioned:
+        if state.world_size != self.place.world_size and engine.partitioned:
             raise UserError(
                 f"checkpoint step-{state.step} holds ZeRO-{state.zero_stage} partitions of {state.world_size} "
-                f"ranks but this run has {self.env.world_size}: resume with {state.world_size} ranks "
+                f"ranks but this run has {self.place.world_size}: resume with {state.world_size} ranks "
                 "(resources.nodes x nproc_per_node), or use a new run id to start over"
             )
-        if state.world_size != self.env.world_size and self.env.is_main:
-            print(f"resuming step-{state.step} of {state.world_size} ranks on {self.env.world_size}: the global "
+        if state.world_size != self.place.world_size and self.place.is_main:
+            print(f"resuming step-{state.step} of {state.world_size} ranks on {self.place.world_size}: the global "
                   "batch changes with the world size", flush=True)
 
     def load(self, step: int, engine: Engine) -> tuple[TrainerState, Path]:
         """Restore the engine and this rank's RNG states; returns the state and rank 0's share (node cache)."""
         state = self.read_state(step)
         self.check_world_size(state, engine)
-        own = self.env.rank if self.env.rank < state.world_size else None
-        needed = sorted(set(engine.shares_to_load(self.env.rank, state.world_size)) | {0} | (
+        own = self.place.rank if self.place.rank < state.world_size else None
+        needed = sorted(set(engine.shares_to_load(self.place.rank, state.world_size)) | {0} | (
             {own} if own is not None else set()))
         shares = {rank: self.store.fetch_dir(self._key(step, rank), progress=False) for rank in needed}
-        engine.load(shares, self.scratch / f"load-step-{step}-rank-{self.env.rank}")
+        engine.load(shares, self.scratch / f"load-step-{step}-rank-{self.place.rank}")
         if own is not None:
             restore_rng(torch.load(shares[own] / RNG_FILE, weights_only=False))
         else:  # a rank the saved run did not have (DDP at a larger world size): fresh, reproducible streams
-            torch.manual_seed(1_000_003 * step + self.env.rank)
-        if self.env.is_main:
+            torch.manual_seed(1_000_003 * step + self.place.rank)
+        if self.place.is_main:
             self._discard_after(step)
         return state, shares[0]
 

@@ -56,7 +56,7 @@ def lr_lambda(spec: TrainSpec, delay: int = 0) -> Callable[[int], float]:
     return factor
 
 
-def param_groups(model: torch.nn.Module, spec: TrainSpec) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     """Fully trained modules (embeddings, head) and LoRA weights as two groups, so LoRA can wait for them."""
     full: list[torch.nn.Parameter] = []
     lora: list[torch.nn.Parameter] = []
@@ -68,9 +68,9 @@ def param_groups(model: torch.nn.Module, spec: TrainSpec) -> list[dict[str, Any]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> tuple[torch.optim.Optimizer,
-                                                                                             LambdaLR]:
-    groups = param_groups(model, spec)
+def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """AdamW over the trained parameters and its schedule; LoRA's group waits `embedding_only_steps`."""
+    groups = param_groups(model)
     optimizer = torch.optim.AdamW(
         groups, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999), eps=1e-8,
         fused=True,  # one kernel for all tensors, on CPU as on GPU
@@ -114,14 +114,14 @@ class PlainEngine:
         self.model = model
         self.spec = spec
         self.device = env.device
-        self.is_main = env.is_main
+        self.is_main = env.place.is_main
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(model, spec, env.device)
+        self.optimizer, self.scheduler = build_optimizer(model, spec)
         self.forward_model: torch.nn.Module = model
-        if env.world_size > 1:
+        if env.place.world_size > 1:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
@@ -208,8 +208,8 @@ class DeepSpeedEngine:
 
         self.model = model
         self.spec = spec
-        self.config = deepspeed_config(spec, env.world_size, precision, env.device.type == "cuda")
-        optimizer, scheduler = build_optimizer(model, spec, env.device)
+        self.config = deepspeed_config(spec, env.place.world_size, precision, env.device.type == "cuda")
+        optimizer, scheduler = build_optimizer(model, spec)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config,
             dist_init_required=False,
@@ -260,7 +260,7 @@ def build_engine(model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precisio
     so 8/4-bit runs replicate the frozen base per rank (DDP) and only the small trained tensors are reduced.
     """
     if spec.zero_stage == 0 or spec.bits != 16:
-        if spec.zero_stage and env.is_main:
+        if spec.zero_stage and env.place.is_main:
             print(f"bits={spec.bits}: training with DDP; zero_stage={spec.zero_stage} applies to 16-bit bases only",
                   flush=True)
         return PlainEngine(model, spec, env, precision)

@@ -1,4 +1,4 @@
-"""The model a training stage starts from: base weights (HF or GGUF), merged adapters, resized vocabulary, LoRA.
+"""The model a training stage starts from: base weights (an HF directory), merged adapters, resized vocabulary, LoRA.
 
 New vocabulary rows start as the mean of the base rows of the piece's sub-tokens (as the BASE tokenizer splits the
 piece), so the first steps see sensible logits instead of random rows (random rows overflowed fp16 at the start).
@@ -15,48 +15,13 @@ from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
 from zhllama.spec import LoraSpec
 
 InitMethod = Literal["subtoken_mean", "mean", "random"]
 ADAPTER_RECORD = "zhllama_adapter.json"
-
-
-def gguf_file_in(path: Path) -> Path | None:
-    """The GGUF file `path` names: the file itself, or the only .gguf in a directory without config.json."""
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    if path.is_dir() and not (path / "config.json").exists():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) == 1:
-            return found[0]
-    return None
-
-
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    """A fast tokenizer from an HF tokenizer directory, a model directory, or a GGUF file (or its directory)."""
-    gguf = gguf_file_in(path)
-    try:
-        if gguf is not None:
-            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"tokenizer {path}: cannot be loaded ({str(err).splitlines()[0]}); "
-                        "give the tokenizer stage's output or an HF model directory") from None
-
-
-def import_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF model once into an HF directory (safetensors + tokenizer) that can be trained."""
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The loaded model is marked GGUF-quantized, which training refuses; the saved copy is plain safetensors.
-    for attribute in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attribute):
-            delattr(model.config, attribute)
-    setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as always set
-    model.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
 
 
 def check_quantization_supported(bits: int) -> None:

@@ -1,9 +1,10 @@
 """The CPU memory of a training process before any model tensor exists, measured in a fresh subprocess.
 
 A training job's resident set starts with Python, torch, transformers, peft and zhllama as jobs/pretrain.py
-imports them, plus the tokenizers it holds (the dataset's and the loop's). The probe does exactly that, with a
-synthetic byte-level BPE tokenizer of the run's vocabulary size (the real one may not be on this machine yet), runs
-one autocast AdamW step so that torch's CPU kernels and thread pools exist, and reports its peak resident set.
+imports them, plus the two tokenizers it holds (the run's, and the base's for the new rows' sub-tokens). The probe
+does exactly that, with a synthetic byte-level BPE tokenizer of the run's vocabulary size (the real one may not be
+on this machine yet), runs one autocast AdamW step so that torch's CPU kernels and thread pools exist, and reports
+its peak resident set.
 """
 
 from __future__ import annotations
@@ -87,12 +88,13 @@ def cpu_runtime_bytes(tokenizer_pieces: int) -> int:
 
 
 def probe(tokenizer_dir: str) -> None:
-    """What a training job holds before its model: the imports, two tokenizers, torch's CPU kernels."""
+    """What a training job holds before its model: the imports, two tokenizers (the run's and the base's), torch's
+    CPU kernels."""
     import torch
 
-    import zhllama.runs  # noqa: F401  (jobs/pretrain.py imports these two)
+    import zhllama.run  # noqa: F401  (jobs/pretrain.py imports these two)
     import zhllama.train.stage  # noqa: F401
-    from zhllama.train.model import load_tokenizer
+    from zhllama.models.loading import load_tokenizer
 
     tokenizers = [load_tokenizer(Path(tokenizer_dir)) for _ in range(2)]
     layer = torch.nn.Linear(8, 8)

@@ -1,4 +1,5 @@
-"""Load a causal LM for evaluation or generation: an HF directory, a GGUF file, or a base plus LoRA adapters."""
+"""Load what the paths name: a tokenizer (HF files or a GGUF's own), and a causal LM for evaluation or generation
+(an HF directory, a GGUF file, or a base plus LoRA adapters)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,34 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
+from zhllama.models.paths import ModelFiles, locate_model, locate_tokenizer, tokenizer_of
 
 if TYPE_CHECKING:
-    from zhllama.runs import RunContext
+    from zhllama.run import RunContext
     from zhllama.spec.models import EvalSpec, GenerateSpec
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+def load_tokenizer(source: Path | ModelFiles, *, field: str = "tokenizer") -> PreTrainedTokenizerBase:
+    """A fast tokenizer from an HF tokenizer directory, a model directory, or a GGUF file (or its directory)."""
+    files = source if isinstance(source, ModelFiles) else locate_tokenizer(source, field=field)
+    try:
+        if files.gguf_file is not None:
+            return AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file)
+        return AutoTokenizer.from_pretrained(files.directory, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{field} {files.gguf or files.directory}: cannot be loaded ({str(err).splitlines()[0]}); "
+                        "give the tokenizer stage's output or an HF model directory") from None
+
+
+def tokenizer_directory(path: Path, scratch: Path, *, field: str = "tokenizer") -> Path:
+    """A directory of HF tokenizer files for `path`: a tokenizer directory as it is, or one saved (under
+    `scratch`) from a GGUF's embedded tokenizer."""
+    files = locate_tokenizer(path, field=field)
+    if files.gguf_file is None:
+        return files.directory
+    saved = scratch / "gguf-tokenizer"
+    load_tokenizer(files, field=field).save_pretrained(saved)
+    return saved
 
 
 def load_causal_lm(
@@ -31,15 +54,14 @@ def load_causal_lm(
     else from the model. The base's embeddings are resized to the tokenizer's length before the adapters load,
     because adapters trained on the extended vocabulary save full embed_tokens/lm_head of that size.
     """
-    model, gguf_file = _locate_weights(model, gguf_file)
-
-    tokenizer_dir = tokenizer or _tokenizer_dir(model, adapters)
-    tokenizer_gguf = gguf_file if tokenizer_dir == model else None
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, gguf_file=tokenizer_gguf)
+    files = locate_model(model, field="model", gguf_file=gguf_file, choose_with="gguf_file")
+    tokenizer_files = locate_tokenizer(tokenizer) if tokenizer is not None else tokenizer_of(files, adapters)
+    tok = load_tokenizer(tokenizer_files)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf_file, dtype=dtype)
+    base: PreTrainedModel = AutoModelForCausalLM.from_pretrained(files.directory, gguf_file=files.gguf_file,
+                                                                 dtype=dtype)
     lm = _apply_adapters(base, adapters, len(tok)) if adapters else base
     return lm.to(device).eval(), tok
 
@@ -54,35 +76,6 @@ def load_spec_model(ctx: RunContext, spec: EvalSpec | GenerateSpec) -> tuple[tor
     )
 
 
-def _locate_weights(model: Path, gguf_file: str | None) -> tuple[Path, str | None]:
-    """(model directory, GGUF file name or None) for a model file, an HF directory or a GGUF artifact."""
-    if model.is_file():
-        if model.suffix != ".gguf":
-            raise UserError(f"{model}: a model file must be .gguf; pass an HF model directory otherwise")
-        return model.parent, model.name
-    if not model.is_dir():
-        raise UserError(f"{model}: model not found; pass an HF model directory or a .gguf file")
-    if gguf_file is not None:
-        if not (model / gguf_file).is_file():
-            raise UserError(f"{model}: gguf_file {gguf_file!r} is not in the model directory")
-        return model, gguf_file
-    if (model / "config.json").is_file():
-        return model, None
-    ggufs = sorted(path.name for path in model.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return model, ggufs[0]
-    if ggufs:
-        raise UserError(f"{model}: several GGUF files ({', '.join(ggufs)}); set gguf_file to the one to load")
-    raise UserError(f"{model}: neither an HF model directory (no config.json) nor a GGUF artifact (no .gguf)")
-
-
-def _tokenizer_dir(model: Path, adapters: list[Path]) -> Path:
-    for adapter in reversed(adapters):
-        if any((adapter / name).is_file() for name in TOKENIZER_FILES):
-            return adapter
-    return model
-
-
 def _apply_adapters(base: PreTrainedModel, adapters: list[Path], vocab_size: int) -> torch.nn.Module:
     from peft import PeftModel
 
@@ -92,7 +85,8 @@ def _apply_adapters(base: PreTrainedModel, adapters: list[Path], vocab_size: int
     model: torch.nn.Module = base
     for index, adapter in enumerate(adapters):
         if not (adapter / "adapter_config.json").is_file():
-            raise UserError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+            raise UserError(f"adapters: {adapter} is not a PEFT adapter directory (no adapter_config.json); "
+                            "pass a training stage's adapter output")
         peft_model = PeftModel.from_pretrained(model, adapter)
         # PEFT cannot activate two adapters that both carry modules_to_save (embed_tokens/lm_head), so every
         # adapter but the last is folded into the in-memory weights: the same W + dW1 + dW2 the stages trained.
