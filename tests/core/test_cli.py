@@ -106,3 +106,31 @@ def test_a_pipelines_report_can_be_pulled(tmp_path: Path) -> None:
     done = ctl("pull", "pl1", str(tmp_path / "dest"), "--store", f"file://{tmp_path / 'store'}")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "dest" / "report" / "report.md").read_text() == "# Report\n"
+
+
+@pytest.mark.parametrize("command", [["ls"], ["status", "x"], ["logs", "x"], ["pull", "x", "DEST"],
+                                     ["run", "tokenizer", "--size", "tiny", "--run-id", "x"]])
+def test_an_unreachable_s3_endpoint_is_one_line_for_every_command(command: list[str], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [str(tmp_path / "dest") if a == "DEST" else a for a in command]
+    done = ctl(*args, "--store", "s3://bucket/prefix", env={
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1", "ZHLLAMA_S3_RETRIES": "1"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in done.stderr and len(errors) == 1
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in errors[0]
+    assert "retry 1/1" in done.stderr  # the bounded retry is shown
+
+
+@pytest.mark.parametrize("command", [["status", "../etc"], ["logs", "../etc"], ["pull", "../etc", "DEST"]])
+def test_reading_a_bad_run_id_names_the_run_id_rule(command: list[str], tmp_path: Path) -> None:
+    args = [str(tmp_path / "dest") if a == "DEST" else a for a in command]
+    done = ctl(*args, "--store", f"file://{tmp_path / 'store'}")
+    assert done.returncode == 2
+    assert done.stderr == ("error: run id: '../etc' is not a valid run id: use lowercase letters, digits and '-', "
+                           "start and end with a letter or digit, at most 52 characters\n")

@@ -2,11 +2,11 @@
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.core.store_servers import make_artifact
 from zhllama.errors import ArtifactError
 from zhllama.run import pull_run
 from zhllama.store import ArtifactStore, open_store
@@ -18,15 +18,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
         return open_store(f"file://{tmp_path / 'store'}")
     root = request.getfixturevalue("s3_env")
     return open_store(f"{root}/{tmp_path.name}")
-
-
-def make_artifact(root: Path, big: int = 0) -> Path:
-    (root / "sub").mkdir(parents=True)
-    (root / "a.txt").write_text("你好，世界\n", encoding="utf-8")
-    (root / "sub" / "b.bin").write_bytes(os.urandom(1000))
-    if big:
-        (root / "big.bin").write_bytes(os.urandom(big))
-    return root
 
 
 def test_publish_then_fetch_round_trips_with_checksums(store: ArtifactStore, tmp_path: Path) -> None:

@@ -9,31 +9,23 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from tests.fixtures.tiny_llama import tiny_llama
 
 BASE_VOCAB = 256
 EXTENDED_VOCAB = 300
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def tiny_config(tied: bool, hidden: int = 64, layers: int = 2) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=BASE_VOCAB,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+def merge_llama(tied: bool, hidden: int = 64, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+    """The tests' tiny LLaMA with a short context, and the width and depth the architecture checks vary."""
+    return tiny_llama(BASE_VOCAB, seed, tied=tied, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, max_position_embeddings=64)
 
 
 def save_base(path: Path, tied: bool, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    LlamaForCausalLM(tiny_config(tied, hidden, layers)).save_pretrained(path)
+    merge_llama(tied, hidden, layers, seed).save_pretrained(path)
     return path
 
 

@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from tests.merge.merge_fixtures import BASE_VOCAB, EXTENDED_VOCAB, save_base, save_tokenizer, tiny_config, train_adapter
+from tests.merge.merge_fixtures import BASE_VOCAB, EXTENDED_VOCAB, merge_llama, save_base, save_tokenizer, train_adapter
 from zhllama.errors import UserError
 from zhllama.merge import merge_lora, parse_size
 
@@ -133,7 +133,7 @@ def test_refuses_adapter_for_another_architecture(recipe: Recipe, tmp_path: Path
     with pytest.raises(UserError, match=expected):
         merge_lora(wider, made["adapters"], made["tokenizer"], tmp_path / "o", max_shard_bytes=10**9, dtype="float16")
 
-    deeper = LlamaForCausalLM(tiny_config(tied=False, layers=3))
+    deeper = merge_llama(tied=False, layers=3)
     deeper.resize_token_embeddings(EXTENDED_VOCAB, mean_resizing=False)
     train_adapter(deeper, tmp_path / "deep-lora", rank=4, seed=5)
     with pytest.raises(UserError, match="layer 2 but the base has 2 layers"):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from zhllama.spec import TrainSpec
 from zhllama.store import DirStore
@@ -47,3 +50,11 @@ def metrics(root: Path, run_id: str) -> list[dict[str, Any]]:
     key = f"runs/{run_id}/metrics"
     store.verify(key)
     return [json.loads(line) for line in store.read_bytes(f"{key}/metrics.jsonl").decode().splitlines()]
+
+
+def kill_job(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the launcher's process group and every worker's (torchrun starts each worker in its own)."""
+    groups = {os.getpgid(child.pid) for child in psutil.Process(process.pid).children(recursive=True)}
+    for group in groups | {process.pid}:
+        os.killpg(group, signal.SIGKILL)
+    process.wait()

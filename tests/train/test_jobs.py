@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from peft import PeftModel
 
-from tests.train.jobs import job_command, job_env, metrics, run_job, write_spec
+from tests.train.jobs import job_command, job_env, kill_job, metrics, run_job, write_spec
 from zhllama.store import DirStore
 from zhllama.train import load_base, untie_embeddings
 
@@ -55,14 +52,6 @@ def test_two_rank_zero3_pretrain_saves_a_gathered_adapter(tiny: dict[str, Path],
     model = PeftModel.from_pretrained(base, adapter)
     head = model.base_model.model.lm_head.modules_to_save["default"].weight
     assert head.shape == (832, 64) and head.abs().sum() > 0
-
-
-def kill_job(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the launcher's process group and every worker's (torchrun starts each worker in its own)."""
-    groups = {os.getpgid(child.pid) for child in psutil.Process(process.pid).children(recursive=True)}
-    for group in groups | {process.pid}:
-        os.killpg(group, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.mark.slow

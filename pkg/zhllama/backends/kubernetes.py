@@ -28,7 +28,7 @@ from zhllama.backends.k8s_state import (
 )
 from zhllama.errors import UserError
 from zhllama.run import RunRecord, RunStatus, attached, now, open_run, read_record, reconcile, transition
-from zhllama.spec import PipelineSpec, StageSpec
+from zhllama.spec import StageSpec
 from zhllama.spec.presets import deep_merge
 from zhllama.store import ArtifactStore, open_store
 
@@ -99,14 +99,8 @@ class KubernetesBackend:
         return render(values, release=spec.run_id, namespace=self.namespace)
 
     def render(self, spec: StageSpec) -> str:
-        """`--dry-run`: the manifests, as `helm template` prints them; a pipeline's step by step."""
-        if not isinstance(spec, PipelineSpec):
-            return to_yaml(self.objects(spec))
-        from zhllama.pipeline import plan
-
-        # A pipeline has no objects of its own: ctl submits each step's chart in turn.
-        return "".join(f"# pipeline step {step}: run {step_spec.run_id}\n{to_yaml(self.objects(step_spec))}"
-                       for step, step_spec in plan(spec))
+        """`--dry-run`: the manifests, as `helm template` prints them."""
+        return to_yaml(self.objects(spec))
 
     def submit(self, spec: StageSpec, *, force: bool = False, verify: bool = False) -> RunStatus:
         """Create the run's objects; the same spec again attaches, a different one needs `force`.

@@ -6,21 +6,22 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from zhllama.cli.flags import (
     STAGES,
-    build_spec,
+    SpecFlags,
+    check_cluster_spec,
     dump,
     echo_memory_plan,
     spec_options,
+    start_options,
     store_option,
     user_errors,
 )
 from zhllama.cli.runs import COMMANDS as RUN_COMMANDS
-from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, TrainSpec, resolve_spec
+from zhllama.spec import PRESETS, STAGE_SPECS, GenerateSpec, PipelineSpec, StageSpec, resolve_spec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,28 +35,14 @@ def cli() -> None:
 # `ctl run` always runs on this machine; `--local` is accepted so the documented `ctl run ... --local` works.
 @click.option("--local", is_flag=True, expose_value=False, hidden=True)
 @click.option("--detach", is_flag=True, help="Start and return; follow with `ctl logs -f`.")
-@click.option("--verify", is_flag=True,
-              help="Check every byte of finished outputs before reusing them (default: sizes and samples).")
 @spec_options
+@start_options
 @user_errors
-def run(
-    stage: str,
-    detach: bool,
-    verify: bool,
-    size: str,
-    spec_file: Path | None,
-    sets: tuple[str, ...],
-    bits: str | None,
-    gpus: int | None,
-    run_id: str | None,
-    store: str | None,
-    dry_run: bool,
-    force: bool,
-) -> None:
+def run(stage: str, detach: bool, flags: SpecFlags, dry_run: bool, force: bool, verify: bool) -> None:
     """Run a STAGE (or the whole pipeline) on this machine."""
     from zhllama.backends.local import LocalBackend
 
-    spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store)
+    spec = flags.spec(stage)
     if dry_run:
         click.echo(dump(spec), nl=False)
         echo_memory_plan(spec)
@@ -118,9 +105,8 @@ def run(
     help="Extra chart values files (cluster settings: image, S3, scheduling).",
 )
 @click.option("--wait/--no-wait", default=False, help="Wait for the run (pipelines always wait).")
-@click.option("--verify", is_flag=True,
-              help="Check every byte of finished outputs before reusing them (default: sizes and samples).")
 @spec_options
+@start_options
 @user_errors
 def submit(
     stage: str,
@@ -128,28 +114,25 @@ def submit(
     namespace: str | None,
     values_files: tuple[str, ...],
     wait: bool,
-    verify: bool,
-    size: str,
-    spec_file: Path | None,
-    sets: tuple[str, ...],
-    bits: str | None,
-    gpus: int | None,
-    run_id: str | None,
-    store: str | None,
+    flags: SpecFlags,
     dry_run: bool,
     force: bool,
+    verify: bool,
 ) -> None:
     """Submit a STAGE (or the pipeline) to Kubernetes, rendered from charts/zhllama."""
-    from zhllama.backends.k8s_chart import check_cluster_store, store_from_values
+    from zhllama.backends.k8s_chart import store_from_values
     from zhllama.backends.kubernetes import KubernetesBackend
 
-    spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store or store_from_values(values_files))
-    check_cluster_store(spec)
-    if isinstance(spec, TrainSpec):
-        from zhllama.train.memory_check import check_plan
-
-        check_plan(spec)
+    spec = flags.spec(stage, default_store=store_from_values(values_files))
+    check_cluster_spec(spec)
     backend = KubernetesBackend(namespace=namespace, job_kind=job_kind, values_files=list(values_files))
+    if dry_run and isinstance(spec, PipelineSpec):
+        from zhllama.pipeline import plan
+
+        # A pipeline has no objects of its own: ctl submits each step's chart in turn.
+        for step, step_spec in plan(spec):
+            click.echo(f"# pipeline step {step}: run {step_spec.run_id}\n{backend.render(step_spec)}", nl=False)
+        return
     if dry_run:
         click.echo(backend.render(spec), nl=False)
         echo_memory_plan(spec)
@@ -220,33 +203,19 @@ def chat(model: str, adapters: tuple[str, ...], tokenizer: str | None, gguf_file
 @click.argument("stage", type=click.Choice(STAGES))
 @spec_options
 @user_errors
-def print_chart_values(
-    stage: str,
-    size: str,
-    spec_file: Path | None,
-    sets: tuple[str, ...],
-    bits: str | None,
-    gpus: int | None,
-    run_id: str | None,
-    store: str | None,
-    dry_run: bool,
-    force: bool,
-) -> None:
+def print_chart_values(stage: str, flags: SpecFlags) -> None:
     """Print a STAGE run's chart values, for `helm install RUN charts/zhllama -f values.yaml`.
 
     The values are what ctl resolves (the spec, and how to launch it): the ones `ctl submit` renders the chart
     with. Cluster settings (images, s3 endpoint and credentials, scheduling, NCCL) go in your own values file:
-    `helm install RUN charts/zhllama -f cluster.yaml -f values.yaml`. Nothing is submitted; --dry-run and
-    --force change nothing here.
+    `helm install RUN charts/zhllama -f cluster.yaml -f values.yaml`. Nothing is submitted.
     """
     from zhllama.backends.k8s_chart import values_yaml
 
-    spec = build_spec(stage, size, spec_file, sets, bits, gpus, run_id, store)
-    if isinstance(spec, TrainSpec):
-        from zhllama.train.memory_check import check_plan
-
-        check_plan(spec)  # as `ctl submit` does: a helm install of a plan that does not fit fails hours later
-    click.echo(values_yaml(spec), nl=False)
+    spec = flags.spec(stage)
+    values = values_yaml(spec)  # first: a pipeline's problem is that it has no chart, not where its store is
+    check_cluster_spec(spec)  # as `ctl submit` does
+    click.echo(values, nl=False)
 
 
 for command in RUN_COMMANDS:

@@ -18,8 +18,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.scoring import encode, score_choices
-from zhllama.models.loading import context_length
+from zhllama.eval.scoring import score_choices
+from zhllama.models.loading import context_length, encode
 from zhllama.prompts import alpaca_prompt
 
 LETTERS = ("A", "B", "C", "D")

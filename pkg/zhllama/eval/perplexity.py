@@ -17,8 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.scoring import encode
-from zhllama.models.loading import model_device
+from zhllama.models.loading import encode, model_device
 from zhllama.records import TEXT_SUFFIXES, list_files, read_texts
 
 Progress = Callable[[Iterable[str]], Iterable[str]]

@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from zhllama.models.loading import model_device
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of `text` as a model sees a document: the tokenizer's special tokens (BOS) included."""
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+from zhllama.models.loading import encode, model_device
 
 
 def continuation_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str) -> list[int]:

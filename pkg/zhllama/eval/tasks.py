@@ -20,9 +20,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
-from zhllama.eval.scoring import encode
 from zhllama.generate.decoding import DecodingSettings, generate
-from zhllama.models.loading import model_device
+from zhllama.models.loading import encode, model_device
 from zhllama.prompts import alpaca_prompt
 from zhllama.records import LineError, list_files, read_json_lines, string_fields
 

@@ -9,9 +9,8 @@ from typing import TextIO
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from zhllama.eval.scoring import encode
 from zhllama.generate.decoding import PAPER_DECODING, DecodingSettings, decoding_settings, generate
-from zhllama.models.loading import context_length, load_spec_model
+from zhllama.models.loading import context_length, encode, load_spec_model
 from zhllama.prompts import chat_prompt
 from zhllama.run import RunContext
 from zhllama.spec.models import GenerateSpec

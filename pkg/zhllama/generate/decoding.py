@@ -9,8 +9,7 @@ from typing import TextIO
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
-from zhllama.eval.scoring import encode
-from zhllama.models.loading import model_device
+from zhllama.models.loading import encode, model_device
 from zhllama.spec.models import GenerateSpec
 
 

@@ -22,9 +22,8 @@ from zhllama.errors import UserError
 from zhllama.merge.adapters import EMBED, LM_HEAD, Adapter, read_adapter
 from zhllama.merge.shards import StoredTensor, index_safetensors, read_tensor, write_shards
 from zhllama.models import copy_tokenizer_files, locate_model
+from zhllama.models.dtypes import TORCH_DTYPES
 from zhllama.models.loading import load_tokenizer, tokenizer_directory
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 Progress = Callable[[Iterable[str]], Iterable[str]]
 
@@ -74,8 +73,8 @@ def merge_lora(
     Returns a summary (vocab size, tying, shard count, bytes, seconds).
     """
     started = time.monotonic()
-    if dtype not in DTYPES:
-        raise UserError(f"merge: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in TORCH_DTYPES:
+        raise UserError(f"merge: dtype {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"merge: output directory {out_dir} is not empty; pass a new directory")
     loaded = [read_adapter(path) for path in adapters]
@@ -88,7 +87,7 @@ def merge_lora(
 
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            written = write_shards(out_dir, plan.shapes, DTYPES[dtype], max_shard_bytes, plan.tensor, progress)
+            written = write_shards(out_dir, plan.shapes, TORCH_DTYPES[dtype], max_shard_bytes, plan.tensor, progress)
             write_config(config, plan, dtype, out_dir)
             if (base_dir / "generation_config.json").is_file():
                 shutil.copy2(base_dir / "generation_config.json", out_dir / "generation_config.json")

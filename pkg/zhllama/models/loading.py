@@ -102,3 +102,8 @@ def context_length(model: torch.nn.Module) -> int:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of `text` as a model sees a document: the tokenizer's special tokens (BOS) included."""
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime
 
+from zhllama.errors import UserError
+from zhllama.spec.models import run_id_problem
 from zhllama.store import join_key
 
 SPEC_FILE = "spec.json"
@@ -25,6 +27,10 @@ ATTEMPTS_DIR = "attempts"
 
 
 def run_key(run_id: str, *parts: str) -> str:
+    """The key of a run's `parts`; a run id that could not name a run (`../etc`) is refused, for reads too."""
+    problem = run_id_problem(run_id)
+    if problem:
+        raise UserError(f"run id: {problem}")
     return join_key("runs", run_id, *parts)
 
 

@@ -17,6 +17,14 @@ PIPELINE_STAGES: tuple[StageName, ...] = ("tokenizer", "pretrain", "sft", "merge
 DISTRIBUTED_STAGES: frozenset[str] = frozenset({"pretrain", "sft"})
 
 RUN_ID_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+
+
+def run_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a run id (it names Kubernetes objects and a store prefix), or None."""
+    if RUN_ID_PATTERN.match(value):
+        return None
+    return (f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
+            "start and end with a letter or digit, at most 52 characters")
 URI_SCHEMES = ("s3://", "file://", "run://", "store://", "embedded://")
 
 
@@ -80,11 +88,9 @@ class StageSpec(Spec):
     @field_validator("run_id")
     @classmethod
     def _run_id_is_a_dns_label(cls, value: str) -> str:
-        if not RUN_ID_PATTERN.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
-                "start and end with a letter or digit, at most 52 characters"
-            )
+        problem = run_id_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("store")

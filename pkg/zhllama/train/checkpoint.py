@@ -10,9 +10,12 @@ Ordering rules:
 - A save writes locally (DeepSpeed's save is collective, and bounded by local disk speed), then uploads in a
   background thread while training goes on: no rank waits in a collective for an upload. The next save, and
   the end of training, wait for the previous upload first.
-- On resume every rank fetches only the shares it loads, into the node cache: each object once per pod.
-- Before training resumes, rank 0 removes steps newer than the one resumed (debris of the killed attempt), so a
-  stale share can never complete a new step.
+- On resume every rank fetches only the shares it loads, into the node cache: each object once per pod, every
+  byte checked against its manifest. A step some rank cannot use (corrupt, missing, unreadable) is skipped for
+  the next older one, by every rank alike: a bad newest checkpoint costs the steps since the one before, never
+  the run.
+- Before training resumes, rank 0 removes steps newer than the one resumed (debris of the killed attempt, steps
+  skipped as unusable; all of them on a fresh start), so a stale share can never complete a new step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from zhllama.errors import UserError
+from zhllama.errors import ArtifactError, UserError
 from zhllama.models.once import wait_for
 from zhllama.run import Place
 from zhllama.store import ArtifactStore, join_key
+from zhllama.train.distributed import barrier, from_every_rank, from_main
 from zhllama.train.engine import Engine
 
 STATE_FILE = "trainer_state.json"
@@ -154,8 +159,90 @@ class Checkpoints:
 
     # -- resuming --------------------------------------------------------------------------------------------
 
-    def read_state(self, step: int) -> TrainerState:
-        return TrainerState(**self.store.read_json(join_key(self._key(step, 0), STATE_FILE)))
+    def candidate_steps(self) -> list[int]:
+        """Steps whose rank-0 manifest exists, newest first: the ones a resume tries, in that order."""
+        return [step for step in reversed(self.steps()) if self.store.is_complete(self._key(step, 0))]
+
+    def resume(self, engine: Engine, check: Callable[[TrainerState], None] = lambda state: None,
+               ) -> tuple[TrainerState, Path] | None:
+        """Load the newest step every rank can use: (its state, rank 0's share in the node cache); None for a
+        fresh start. Rank 0 prints one line for each step skipped and one saying where training starts.
+
+        A step is skipped when one of the shares some rank needs is corrupt, missing, incomplete or cannot be read
+        by torch; `check` (and the world-size rule) raising is the user's error and stops the job instead. Every
+        rank tries the same list (rank 0's) and they agree after each step, so all resume from the same one. The
+        engine and RNG streams are touched only once the step is agreed: a skipped step leaves nothing behind.
+        """
+        steps: list[int] = from_main(self.candidate_steps() if self.place.is_main else None)
+        skipped: list[str] = []
+        for step in steps:
+            problem, candidate = self._prepare(step, engine, check)
+            problems = [p for p in from_every_rank(problem) if p is not None]
+            if not problems:
+                assert candidate is not None
+                self._settle(step)
+                self._say(f"resuming from step {step}")
+                return self._apply(step, candidate, engine), candidate.shares[0]
+            self._say(f"checkpoint step-{step} skipped: {problems[0]}")
+            skipped.append(f"step {step}: {problems[0]}")
+        self._settle(0)
+        self._say("starting at step 0: " + (f"no valid checkpoint ({'; '.join(skipped)})" if skipped
+                                            else "no checkpoint"))
+        return None
+
+    def _say(self, line: str) -> None:
+        if self.place.is_main:
+            print(line, flush=True)
+
+    def _prepare(self, step: int, engine: Engine, check: Callable[[TrainerState], None],
+                 ) -> tuple[str | None, Candidate | None]:
+        """(None, the step's shares fetched and checked on this rank), or (why this rank cannot use it, None)."""
+        try:
+            return None, self._fetch(step, engine, check)
+        except Unusable as err:
+            return str(err), None
+
+    def _fetch(self, step: int, engine: Engine, check: Callable[[TrainerState], None]) -> Candidate:
+        main_share = self._fetch_share(step, 0)
+        state = _state_in(main_share, self.store.uri(self._key(step, 0)))
+        self.check_world_size(state, engine)
+        check(state)
+        own = self.place.rank if self.place.rank < state.world_size else None
+        needed = set(engine.shares_to_load(self.place.rank, state.world_size)) | ({own} if own is not None else set())
+        shares = {0: main_share, **{rank: self._fetch_share(step, rank) for rank in sorted(needed - {0})}}
+        for rank, directory in shares.items():
+            _check_loadable(directory, self.store.uri(self._key(step, rank)))
+        # A rank the saved run did not have (DDP at a larger world size) gets fresh, reproducible streams.
+        rng = torch.load(shares[own] / RNG_FILE, weights_only=False) if own is not None else None
+        return Candidate(state, shares, rng)
+
+    def _fetch_share(self, step: int, rank: int) -> Path:
+        """The share in the node cache, every byte checked against its manifest; Unusable if it is not there whole."""
+        key = self._key(step, rank)
+        if not self.store.is_complete(key):
+            raise Unusable(f"{self.store.uri(key)} has no manifest: the step was never completed")
+        try:
+            return self.store.fetch_dir(key, progress=False)
+        except ArtifactError as err:
+            # The store's advice ("re-run its stage") is what skipping the step does: the line keeps the facts.
+            raise Unusable(str(err).split("; re-run", 1)[0]) from None
+        except FileNotFoundError as err:
+            raise Unusable(f"{self.store.uri(key)}: a file its manifest lists is missing ({err})") from None
+
+    def _settle(self, step: int) -> None:
+        """Rank 0 removes the steps newer than `step` (the killed attempt's debris, and every step just skipped);
+        the barrier holds the other ranks until it is done, so no new share of those numbers is written before."""
+        if self.place.is_main:
+            self._discard_after(step)
+        barrier()
+
+    def _apply(self, step: int, candidate: Candidate, engine: Engine) -> TrainerState:
+        engine.load(candidate.shares, self.scratch / f"load-step-{step}-rank-{self.place.rank}")
+        if candidate.rng is not None:
+            restore_rng(candidate.rng)
+        else:
+            torch.manual_seed(1_000_003 * step + self.place.rank)
+        return candidate.state
 
     def check_world_size(self, state: TrainerState, engine: Engine) -> None:
         """Partitioned state resumes only at the world size that wrote it: refused before training starts."""
@@ -169,24 +256,43 @@ class Checkpoints:
             print(f"resuming step-{state.step} of {state.world_size} ranks on {self.place.world_size}: the global "
                   "batch changes with the world size", flush=True)
 
-    def load(self, step: int, engine: Engine) -> tuple[TrainerState, Path]:
-        """Restore the engine and this rank's RNG states; returns the state and rank 0's share (node cache)."""
-        state = self.read_state(step)
-        self.check_world_size(state, engine)
-        own = self.place.rank if self.place.rank < state.world_size else None
-        needed = sorted(set(engine.shares_to_load(self.place.rank, state.world_size)) | {0} | (
-            {own} if own is not None else set()))
-        shares = {rank: self.store.fetch_dir(self._key(step, rank), progress=False) for rank in needed}
-        engine.load(shares, self.scratch / f"load-step-{step}-rank-{self.place.rank}")
-        if own is not None:
-            restore_rng(torch.load(shares[own] / RNG_FILE, weights_only=False))
-        else:  # a rank the saved run did not have (DDP at a larger world size): fresh, reproducible streams
-            torch.manual_seed(1_000_003 * step + self.place.rank)
-        if self.place.is_main:
-            self._discard_after(step)
-        return state, shares[0]
-
     def _discard_after(self, step: int) -> None:
         for newer in self.steps():
             if newer > step:
                 self.store.delete_prefix(join_key(self.prefix, f"step-{newer}"))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint step as this rank would resume it: its shares fetched, verified and readable by torch."""
+
+    state: TrainerState
+    shares: dict[int, Path]
+    """The shares this rank loads (rank 0's always), by rank, in the node cache."""
+    rng: dict[str, Any] | None
+    """This rank's saved RNG streams; None for a rank the saved run did not have."""
+
+
+class Unusable(Exception):
+    """Why a checkpoint step cannot be resumed on this rank (one line naming the file)."""
+
+
+def _state_in(share: Path, uri: str) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((share / STATE_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise Unusable(f"{uri}/{STATE_FILE} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def _check_loadable(share: Path, uri: str) -> None:
+    """Every torch file of the share opens (mapped, not read into memory): a file written broken before its
+    upload matches its manifest, and would otherwise fail inside engine.load, after the step was agreed."""
+    for path in sorted(share.rglob("*.pt")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise  # the machine's limit, not the file's fault: skipping would discard a good step
+        except Exception as err:  # noqa: BLE001 - whatever torch raises on a broken file says why
+            first = str(err).strip().split("\n", 1)[0]
+            raise Unusable(f"{uri}/{path.relative_to(share)} cannot be loaded by torch "
+                           f"({type(err).__name__}: {first})") from None

@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,3 +69,30 @@ def all_ranks_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
         dist.all_reduce(value)
         value /= env.place.world_size
     return value
+
+
+def _grouped() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (the value itself on one process)."""
+    if not _grouped():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def from_every_rank(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order ([value] on one process)."""
+    if not _grouped():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier() -> None:
+    if _grouped():
+        dist.barrier()

@@ -18,10 +18,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from zhllama.errors import UserError
+from zhllama.models.dtypes import torch_dtype
 from zhllama.spec import TrainSpec
 from zhllama.train.distributed import DistEnv
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DEEPSPEED_TAG = "deepspeed"
 ENGINE_FILE = "engine.pt"
 
@@ -125,7 +125,7 @@ class PlainEngine:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
-        self.autocast_dtype = DTYPES[precision] if precision != "fp32" else None
+        self.autocast_dtype = torch_dtype(precision) if precision != "fp32" else None
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor:

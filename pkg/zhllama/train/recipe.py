@@ -10,7 +10,7 @@ Ordering rules, for a job of many pods (`setup` follows them top to bottom):
    raw files on every rank.
 3. Only then do the ranks rendezvous (`process_group_timeout_s` covers the spread of the pods' downloads).
 4. After the rendezvous `prepare` builds the model (ZeRO-3 partitions it across the ranks, collectively), wraps it
-   in the engine and loads the newest complete checkpoint, whose shares every rank fetches for itself.
+   in the engine and loads the newest usable checkpoint, whose shares every rank fetches for itself.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from transformers import PreTrainedTokenizerBase
 from zhllama.data import list_data_files
 from zhllama.errors import UserError
 from zhllama.models import ModelFiles, has_tokenizer, locate_tokenizer
+from zhllama.models.dtypes import torch_dtype
 from zhllama.models.gguf import hf_model_dir
 from zhllama.models.loading import load_tokenizer
 from zhllama.spec import TrainSpec
 from zhllama.train.checkpoint import Checkpoints, TrainerState
 from zhllama.train.datasets import Dataset, pretrain_dataset, sft_dataset
 from zhllama.train.distributed import DistEnv, process_env, start_process_group
-from zhllama.train.engine import DTYPES, DeepSpeedEngine, Engine, build_engine, deepspeed_config, resolve_precision
+from zhllama.train.engine import DeepSpeedEngine, Engine, build_engine, deepspeed_config, resolve_precision
 from zhllama.train.model import (
     add_lora,
     check_quantization_supported,
@@ -192,7 +193,7 @@ def build_model(
     (each rank holds 1/world of every frozen weight) and stays so through every step here. Without it the base is
     loaded whole on every rank.
     """
-    model = load_base(base_model_dir, DTYPES[precision], spec.bits, env.device)
+    model = load_base(base_model_dir, torch_dtype(precision), spec.bits, env.device)
     tied = untie_embeddings(model)
     tokenizer_rows = padded_size(len(tokenizer), spec.pad_vocab_multiple)
     model = merge_adapters(model, list(base_adapter_dirs), max(tokenizer_rows, model.config.vocab_size))
@@ -222,18 +223,25 @@ def _partition_record(model: torch.nn.Module, env: DistEnv) -> dict[str, Any]:
 
 def _resume(spec: TrainSpec, env: DistEnv, checkpoints: Checkpoints | None, engine: Engine, vocab: dict[str, Any],
             metrics_dir: Path) -> Resume:
-    """Continue from the newest complete checkpoint (engine, RNG streams, the metrics up to it), or start fresh."""
+    """Continue from the newest usable checkpoint (engine, RNG streams, the metrics up to it), or start fresh.
+
+    Older complete steps stand in for a newer one that is corrupt or unreadable (Checkpoints.resume says which
+    and why); a tokenizer that does not fit a checkpoint stops the job instead, whichever step it is.
+    """
     if env.place.is_main:
         shutil.rmtree(metrics_dir, ignore_errors=True)  # a killed attempt's lines past the checkpoint go too
-    latest = checkpoints.latest() if checkpoints is not None else None
-    if checkpoints is None or latest is None:
+    loaded = None
+    if checkpoints is not None:
+        loaded = checkpoints.resume(engine, check=lambda state: _check_resumable(state, vocab, state.step))
+    elif env.place.is_main:
+        print("starting at step 0: no checkpoint", flush=True)
+    if loaded is None:
         torch.manual_seed(spec.seed + env.place.rank)  # dropout masks differ per rank, repeat per run
         return Resume()
-    _check_resumable(checkpoints.read_state(latest), vocab, latest)
-    state, share = checkpoints.load(latest, engine)
+    state, share = loaded
     if env.place.is_main and (share / METRICS_DIR).exists():
         shutil.copytree(share / METRICS_DIR, metrics_dir)
-    return Resume(step=state.step, samples=state.samples, from_step=latest)
+    return Resume(step=state.step, samples=state.samples, from_step=state.step)
 
 
 def _check_resumable(state: TrainerState, vocab: dict[str, Any], step: int) -> None:
