@@ -6,15 +6,18 @@ is left to finish: the run must be Succeeded, every artifact whole, every step l
 The points are drawn from a seeded random.Random: the seed is printed and named in every assertion message, and
 ZHLLAMA_KILL_SEED=<seed> replays the same plan. Where a point lands (which step, which object of an upload) is
 timing and is printed as observed. Kinds of point:
-  startup  a random delay after the submit: imports, inputs, the tokenized corpus, the resume itself
+  startup  a random delay after the submit (at most until the job's resume line): imports, inputs, the
+           tokenized corpus, the resume itself
   step     a random step of training after the attempt's resume point
   upload   during a checkpoint's upload to S3: after a random number of its objects are up, before its manifest
            (from the server's own -vv log; the store listing afterwards confirms the manifest is absent)
-  publish  during the final publish of the metrics and the adapter
+  publish  during the final publish of the metrics and the adapter (also where an upload or step point has
+           nothing left to hit after its attempt's resume point)
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -44,59 +47,81 @@ CHECKPOINT_EVERY = 4
 RUN_ID = "anywhere"
 STORE_PREFIX = "kill-anywhere"
 RUN_PREFIX = f"{STORE_PREFIX}/runs/{RUN_ID}"
-LEASE = {"ZHLLAMA_HEARTBEAT_S": "0.3", "ZHLLAMA_LEASE_S": "3"}
+# A killed start-up (no beat yet) is Lost after lease + grace: short here, so the ten kills fit in minutes.
+LEASE = {"ZHLLAMA_HEARTBEAT_S": "0.3", "ZHLLAMA_LEASE_S": "3", "ZHLLAMA_START_GRACE_S": "8"}
 """A killed attempt is seen Lost within seconds, not minutes."""
-TRAINED = re.compile(r"training:[^\r\n]*?\| *(\d+)/\d+ ")
-START = re.compile(r"^(?:resuming from step (\d+)|starting at step 0: .*)$", re.M)
+TRAINED = re.compile(r"^training:.*?\| *(\d+)/\d+ ")
+START = re.compile(r"^(?:resuming from step (\d+)|starting at step 0: .*)$")
 MOVED = re.compile(r"Moved \(server-side\) to: " + re.escape(f"{BUCKET}/{RUN_PREFIX}/") + r"(\S+)")
 CREATED = re.compile(r"CREATE OBJECT: " + re.escape(f"{BUCKET} {RUN_PREFIX}/") + r"(\S+)")
 
 
 class Tail:
-    """What a growing log file gained since the last look."""
+    """The lines a growing log file gained since the last look (tqdm's \r-separated updates count as lines)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.text = path, path.stat().st_size if path.exists() else 0, ""
+        self.path, self.offset, self.pending = path, path.stat().st_size if path.exists() else 0, ""
+        # tqdm's bar is multi-byte UTF-8: a read may end inside a character, which the next read completes.
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def grow(self) -> str:
-        if self.path.exists():
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                new = handle.read().decode(errors="replace")
-            self.offset += len(new.encode())
-            self.text += new
-        return self.text
+    def new_lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        self.offset += len(data)
+        *complete, self.pending = re.split(r"[\r\n]", self.pending + self.decoder.decode(data))
+        return complete
 
 
 @dataclass
 class Attempt:
+    """One attempt as its machine sees it: the job's log and the S3 server's, read as they grow."""
+
     number: int
+    state_dir: Path
     backend: LocalBackend
     log: Tail
     server_log: Tail
     submitted: float = field(default_factory=time.monotonic)
-    _pid: int | None = None
+    start: str | None = None
+    """The job's own line saying where training starts (resuming from step N / starting at step 0: why)."""
+    trained: int = 0
+    """The last step its progress bar showed."""
+    uploaded: list[str] = field(default_factory=list)
+    """Run keys of the objects the server completed since the submit, in order."""
+    created: list[str] = field(default_factory=list)
+    """Run keys of the objects the server began to receive since the submit, in order."""
+    tail: list[str] = field(default_factory=list)
+
+    def poll(self) -> Attempt:
+        for line in self.log.new_lines():
+            if self.start is None and START.match(line):
+                self.start = line
+            if found := TRAINED.match(line):
+                self.trained = int(found.group(1))
+            self.tail = [*self.tail[-40:], line]
+        for line in self.server_log.new_lines():
+            if found := MOVED.search(line):
+                self.uploaded.append(found.group(1))
+            elif found := CREATED.search(line):
+                self.created.append(found.group(1))
+        return self
 
     @property
     def pid(self) -> int:
-        """The wrapper the backend started (process.json on this attempt's machine)."""
-        if self._pid is None:
-            started = self.backend._process(RUN_ID)
-            assert started is not None and started["attempt"] == self.number
-            self._pid = int(started["pid"])
-        return self._pid
+        """The wrapper shell the backend started (process.json on this attempt's machine)."""
+        started = json.loads((self.state_dir / RUN_ID / "process.json").read_text())
+        assert started["attempt"] == self.number
+        return int(started["pid"])
 
-    def step(self) -> int:
-        """The last training step this attempt's log shows (0 before training)."""
-        done = TRAINED.findall(self.log.grow())
-        return int(done[-1]) if done else 0
-
-    def wait(self, ready: Callable[[], bool], what: str, context: str) -> None:
-        deadline = time.monotonic() + 120
-        while not ready():
-            alive = psutil.pid_exists(self.pid) and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+    def wait(self, ready: Callable[[Attempt], bool], what: str, context: str) -> None:
+        pid, deadline = self.pid, time.monotonic() + 120
+        while not ready(self.poll()):
+            alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
             assert alive and time.monotonic() < deadline, (
-                f"{context}: attempt {self.number} ended or stalled waiting for {what}:\n{self.log.grow()[-3000:]}")
+                f"{context}: attempt {self.number} ended or stalled waiting for {what}:\n" + "\n".join(self.tail))
             time.sleep(0.01)
 
 
@@ -132,8 +157,8 @@ def kill_plan(rng: random.Random) -> list[tuple[str, float]]:
 
 def resume_point(attempt: Attempt, context: str) -> int:
     """The step the attempt's log says it starts from (every attempt says so, whatever it found)."""
-    attempt.wait(lambda: START.search(attempt.log.grow()) is not None, "its resume line", context)
-    found = START.search(attempt.log.text)
+    attempt.wait(lambda a: a.start is not None, "its resume line", context)
+    found = START.match(attempt.start or "")
     assert found is not None
     return int(found.group(1) or 0)
 
@@ -141,45 +166,43 @@ def resume_point(attempt: Attempt, context: str) -> int:
 def kill_at(attempt: Attempt, kind: str, draw: float, store: ArtifactStore, context: str) -> str:
     """Wait for the point, kill the attempt there; what it was doing when it died."""
     if kind == "startup":
-        delay = 0.5 + 4.5 * draw
-        time.sleep(max(0.0, attempt.submitted + delay - time.monotonic()))
+        delay = 0.5 + 4.5 * draw  # or less: at the latest the resume line, so it lands before training, however fast
+        attempt.wait(lambda a: time.monotonic() >= a.submitted + delay or a.start is not None, "the delay", context)
         kill_tree(attempt.pid)
-        started = START.search(attempt.log.grow())
-        return f"startup, {delay:.1f}s after the submit ({started.group(0) if started else 'before its resume line'}" \
-               f"; trained to step {attempt.step()})"
+        attempt.poll()
+        return f"startup, {delay:.1f}s after the submit ({attempt.start or 'before its resume line'}; " \
+               f"trained to step {attempt.trained})"
     start = resume_point(attempt, context)
-    upload = start + CHECKPOINT_EVERY
-    if kind == "upload" and upload < MAX_STEPS:
-        return kill_in_upload(attempt, upload, 1 + int(draw * 3), store, context)
-    if kind == "publish":
-        attempt.wait(lambda: any(key.startswith("metrics/") for key in CREATED.findall(attempt.server_log.grow())),
-                     "the final publish", context)
+    if kind == "upload" and start + CHECKPOINT_EVERY < MAX_STEPS:
+        return kill_in_upload(attempt, start + CHECKPOINT_EVERY, 1 + int(draw * 3), store, context)
+    last = MAX_STEPS - 2  # the step a kill may aim at: it lands a step or so later, still before the publish
+    if kind == "upload" or (kind == "step" and start >= last):
+        kind = f"{kind} -> publish"  # no checkpoint (or step) left after this resume point: the publish is
+    if kind.endswith("publish"):
+        attempt.wait(lambda a: any(key.startswith("metrics/") for key in a.created), "the final publish", context)
         kill_tree(attempt.pid)
-        return f"publish, from step {start}: at the metrics' first PUT (adapter complete: " \
-               f"{store.is_complete(f'runs/{RUN_ID}/outputs/adapter')})"
-    last = MAX_STEPS - CHECKPOINT_EVERY  # room left before the end, so the kill lands in training
-    if start + 1 > last:
-        kill_tree(attempt.pid)
-        return f"{kind} -> at its resume line (from step {start}: no {kind} left before the end)"
+        adapter = store.is_complete(f"runs/{RUN_ID}/outputs/adapter")
+        assert not adapter, f"{context}: killed too late, the adapter was complete"
+        return f"{kind}, from step {start}: at the metrics' first PUT (the adapter not complete)"
     target = start + 1 + int(draw * (last - start))
-    attempt.wait(lambda: attempt.step() >= target, f"step {target}", context)
+    attempt.wait(lambda a: a.trained >= target, f"step {target}", context)
     kill_tree(attempt.pid)
-    return f"step, from step {start}: aimed at step {target}, log at step {attempt.step()}"
+    return f"step, from step {start}: aimed at step {target}, log at step {attempt.poll().trained}"
 
 
 def kill_in_upload(attempt: Attempt, step: int, objects: int, store: ArtifactStore, context: str) -> str:
     prefix = f"checkpoints/step-{step}/"
 
-    def uploaded() -> int:
-        return sum(key.startswith(prefix) for key in MOVED.findall(attempt.server_log.grow()))
+    def uploaded(a: Attempt) -> int:
+        return sum(key.startswith(prefix) for key in a.uploaded)
 
-    attempt.wait(lambda: uploaded() >= objects, f"{objects} objects of checkpoint step-{step}", context)
+    attempt.wait(lambda a: uploaded(a) >= objects, f"{objects} objects of checkpoint step-{step}", context)
     kill_tree(attempt.pid)
     share = f"runs/{RUN_ID}/{prefix}rank-0"
     present = len(store.list_keys(share))
     complete = store.is_complete(share)
-    return f"upload of step-{step}: killed after {uploaded()} objects up ({present} in the listing, manifest " \
-           f"{'present: missed the window' if complete else 'absent'})"
+    return f"upload of step-{step}: killed after {uploaded(attempt.poll())} objects up ({present} in the " \
+           f"listing, manifest {'present: missed the window' if complete else 'absent'})"
 
 
 def start_attempt(number: int, spec: StageSpec, server: S3Server, machines: Path,
@@ -199,7 +222,8 @@ def start_attempt(number: int, spec: StageSpec, server: S3Server, machines: Path
     status = backend.submit(spec)
     record = read_record(backend.store, RUN_ID)
     assert record.attempt == number, f"{context}: submit gave {status}, attempt {record.attempt}"
-    return Attempt(number, backend, Tail(home / "state" / RUN_ID / f"attempt-{number}.log"), server_log)
+    return Attempt(number, home / "state", backend, Tail(home / "state" / RUN_ID / f"attempt-{number}.log"),
+                   server_log)
 
 
 def check_the_run(store: ArtifactStore, batch: int, context: str) -> None:
@@ -252,8 +276,7 @@ def test_pretrain_killed_anywhere_ten_times_finishes_whole(
                 kills.append(where)
             last = start_attempt(KILLS + 1, spec, server, tmp_path, monkeypatch, context)
             final = last.backend.wait(RUN_ID)
-            print(f"attempt {KILLS + 1}: {final.state} at {time.monotonic() - started:.1f}s, "
-                  f"{START.search(last.log.grow()).group(0)}")  # type: ignore[union-attr]
+            print(f"attempt {KILLS + 1}: {final.state} at {time.monotonic() - started:.1f}s, {last.poll().start}")
             assert any("manifest absent" in where for where in kills), f"{context}: no kill landed in an upload"
             check_the_run(store, spec.micro_batch_size * spec.grad_accum_steps, context)
     finally:

@@ -34,6 +34,12 @@ def beat_interval_s() -> float:
     return float(os.environ.get("ZHLLAMA_HEARTBEAT_S", "15"))
 
 
+def start_grace_s() -> float:
+    """How long a local run may stay Pending without a beat: its process imports torch and checks its inputs
+    before the first beat."""
+    return float(os.environ.get("ZHLLAMA_START_GRACE_S", "60"))
+
+
 def lease_s() -> float:
     """How long without a beat before a running job counts as gone: several beats, so one slow write is not
     taken for a death."""

@@ -44,14 +44,20 @@ def job_main(stage: str, run_stage: Callable[[RunContext], None], argv: list[str
     ctx = RunContext.create(spec, args.workdir)
     if ctx.is_main:
         adopt(ctx.store, spec, "kubernetes" if "KUBERNETES_SERVICE_HOST" in os.environ else "local")
+    # The beat starts before the reuse check: verifying big outputs takes a while, and so does a failure's report.
+    with _heartbeat(ctx):
+        _run_recorded(ctx, run_stage)
+
+
+def _run_recorded(ctx: RunContext, run_stage: Callable[[RunContext], None]) -> None:
+    """Reuse finished outputs or run the stage, recording Running, then Succeeded or Failed (with why)."""
     try:
         if outputs_done(ctx):
-            print(f"{spec.run_id}: outputs already complete for this spec; nothing to do", flush=True)
+            print(f"{ctx.run_id}: outputs already complete for this spec; nothing to do", flush=True)
             ctx.set_status("Succeeded", reused=True)
             return
         ctx.set_status("Running", started=now(), host=socket.gethostname(), pid=os.getpid())
-        with _heartbeat(ctx):
-            run_stage(ctx)
+        run_stage(ctx)
         ctx.set_status("Succeeded")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

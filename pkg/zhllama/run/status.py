@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from zhllama.run.heartbeat import age_s, lease_s, read_heartbeat
+from zhllama.run.heartbeat import age_s, lease_s, read_heartbeat, start_grace_s
 from zhllama.run.layout import run_key
 from zhllama.run.record import FINISHED, RunRecord, RunState, transition
 from zhllama.store import ArtifactStore
@@ -86,13 +86,14 @@ def _lease_observation(store: ArtifactStore, record: RunRecord) -> RunStatus | N
     last = beat["at"] if beat is not None and beat.get("attempt") == record.attempt else None
     since = last or record.updated
     age = age_s(since)
-    if age is None or age <= lease_s():
+    allowed = lease_s() + (start_grace_s() if last is None else 0.0)
+    if age is None or age <= allowed:
         return None
     where = f" from {beat['host']}" if last and beat is not None and beat.get("host") else ""
     what = f"no heartbeat since {since}{where}" if last else f"no heartbeat at all since {since}"
     return RunStatus(
         record.run_id, "Failed", "Lost",
-        f"{what} ({age:.0f}s > lease {lease_s():.0f}s): the job is gone (killed, its machine lost, or the store "
+        f"{what} ({age:.0f}s > {allowed:.0f}s): the job is gone (killed, its machine lost, or the store "
         "unreachable from it); run the same command again to resume", record.stage,
     )
 

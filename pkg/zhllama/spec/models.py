@@ -21,10 +21,9 @@ RUN_ID_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
 def run_id_problem(value: str) -> str | None:
     """Why `value` cannot be a run id (it names Kubernetes objects and a store prefix), or None."""
-    if RUN_ID_PATTERN.match(value):
-        return None
-    return (f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
-            "start and end with a letter or digit, at most 52 characters")
+    return None if RUN_ID_PATTERN.match(value) else (
+        f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
+        "start and end with a letter or digit, at most 52 characters")
 URI_SCHEMES = ("s3://", "file://", "run://", "store://", "embedded://")
 
 

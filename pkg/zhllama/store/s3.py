@@ -25,6 +25,7 @@ from tqdm import tqdm
 from zhllama.errors import StoreUnavailable
 from zhllama.store.base import ArtifactStore, join_key
 from zhllama.store.claims import create_by_tickets
+from zhllama.store.manifest import MANIFEST
 from zhllama.store.s3_faults import (
     CONNECT_TIMEOUT_S,
     ObjectExists,
@@ -230,7 +231,11 @@ class S3Store(ArtifactStore):
         return sorted(name for name in self._call("LIST", prefix, list_prefixes) if not name.startswith("."))
 
     def delete_prefix(self, prefix: str) -> None:
-        self.delete_keys(self.list_keys(prefix))
+        # Manifests first: an artifact interrupted half-deleted must read as incomplete, not as complete but corrupt.
+        keys = self.list_keys(prefix)
+        manifests = [key for key in keys if key.endswith(f"/{MANIFEST}")]
+        self.delete_keys(manifests)
+        self.delete_keys([key for key in keys if key not in set(manifests)])
 
     def delete_keys(self, keys: list[str]) -> None:
         """Delete these objects (absent ones are no error)."""
