@@ -85,7 +85,7 @@ def read_json_lines(file: Path, skip_bad: SkipBadLine | None = None) -> Iterator
         try:
             value = json.loads(text)
         except json.JSONDecodeError as error:
-            _bad_line(LineError(where, f"not valid JSON ({error.msg})", "each line must be one JSON object"),
+            _bad_line(LineError(where, f"not valid JSON ({json_problem(error)})", "each line must be one JSON object"),
                       skip_bad)
             continue
         yield where, value
@@ -115,7 +115,7 @@ def read_json_records(file: Path, skip_bad: SkipBadLine | None = None) -> Iterat
         try:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
-            _bad_line(LineError(f"{file}:{error.lineno}", f"not valid JSON ({error.msg})",
+            _bad_line(LineError(f"{file}:{error.lineno}", f"not valid JSON ({json_problem(error)})",
                                 "the file must be one JSON array of objects"), skip_bad)
             return
         yield f"{file}:{line}", record
@@ -160,3 +160,13 @@ def _bad_line(error: LineError, skip_bad: SkipBadLine | None) -> None:
 def _either(suffixes: Sequence[str]) -> str:
     """`.txt, .jsonl or .json`."""
     return " or ".join([", ".join(suffixes[:-1]), suffixes[-1]]) if len(suffixes) > 1 else suffixes[0]
+
+
+def json_problem(error: json.JSONDecodeError) -> str:
+    """json's message with where on the line it is, and for a raw control character which one (json's own
+    message stops at "at", and the character itself would be invisible or cut the line in a terminal)."""
+    where = f"column {error.colno}"
+    if error.msg.startswith("Invalid control character") and error.pos < len(error.doc):
+        char = error.doc[error.pos]
+        return f"raw control character {char!r} at {where}; write it escaped, e.g. \\u{ord(char):04x}"
+    return f"{error.msg} at {where}"

@@ -56,8 +56,8 @@ def test_bad_json_is_one_line_with_the_fix_or_goes_to_skip_bad(tmp_path: Path) -
     path.write_text('{"text": "a"}\n{"text": "b",\n\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(UserError) as error:
         list(read_json_lines(path))
-    assert str(error.value) == f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes); " \
-                               "each line must be one JSON object"
+    assert str(error.value) == f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes at " \
+                               "column 14); each line must be one JSON object"
     skipped: list[LineError] = []
     assert list(read_json_lines(path, skipped.append)) == [(f"{path}:1", {"text": "a"}), (f"{path}:4", [1, 2])]
     assert [e.where for e in skipped] == [f"{path}:2"]
@@ -94,3 +94,14 @@ def test_a_line_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(LineError("f:3", "not valid JSON (x)", "fix it")))
     assert (error.where, error.problem, error.fix, str(error)) == ("f:3", "not valid JSON (x)", "fix it",
                                                                   "f:3: not valid JSON (x); fix it")
+
+
+def test_a_raw_control_character_is_named_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"instruction": "a\x1cb\x0bc", "output": "d"}\n', encoding="utf-8")
+    with pytest.raises(LineError) as error:
+        list(read_json_lines(path))
+    # One line: the character is written escaped, never raw (a raw \x1c or \x0b would end the line for splitlines).
+    assert str(error.value) == (f"{path}:1: not valid JSON (raw control character '\\x1c' at column 19; write it "
+                                "escaped, e.g. \\u001c); each line must be one JSON object")
+    assert len(str(error.value).splitlines()) == 1

@@ -57,7 +57,8 @@ def test_empty_file_is_an_error(tmp_path: Path, content: str, message: str) -> N
 
 
 @pytest.mark.parametrize(("record", "message"), [
-    ('{"text": "好"', r"data\.jsonl:2: not valid JSON \(Expecting ',' delimiter\); each line must be one JSON object"),
+    ('{"text": "好"', r"data\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 13\); each line must be one "
+                     r"JSON object"),
     ('{"content": "好"}', r"data\.jsonl:2: each JSONL line needs a string field `text`"),
 ])
 def test_bad_jsonl_names_the_line(tmp_path: Path, record: str, message: str) -> None:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from tests.train.tiny import spec_for
-from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import BlockData
 from zhllama.errors import UserError
 from zhllama.store import DirStore
 from zhllama.train import (
@@ -25,15 +25,6 @@ from zhllama.train import (
     untie_embeddings,
 )
 from zhllama.train.engine import build_engine
-
-
-@pytest.fixture(scope="module")
-def blocks(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> BlockData:
-    tokenizer = AutoTokenizer.from_pretrained(tiny["zh_tokenizer"])
-    out = tmp_path_factory.mktemp("blocks")
-    build_blocks(list_data_files([tiny["corpus"]]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, 32, out,
-                 progress=False)
-    return BlockData(load_blocks(out))
 
 
 def test_lora_embeddings_and_head_change_and_the_base_does_not(tiny: dict[str, Path], blocks: BlockData) -> None:

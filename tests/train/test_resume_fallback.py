@@ -15,24 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import AutoTokenizer
 
 from tests.train.jobs import job_command, job_env, kill_job, run_job, write_spec
 from tests.train.tiny import spec_for
-from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import BlockData
 from zhllama.store import ArtifactStore, DirStore, join_key, open_store
 from zhllama.train import Checkpoints, TrainResult, process_env, train
 
 PREFIX = "runs/t/checkpoints"
-
-
-@pytest.fixture(scope="module")
-def blocks(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> BlockData:
-    tokenizer = AutoTokenizer.from_pretrained(tiny["zh_tokenizer"])
-    out = tmp_path_factory.mktemp("blocks")
-    build_blocks(list_data_files([tiny["corpus"]]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, 32, out,
-                 progress=False)
-    return BlockData(load_blocks(out))
 
 
 def flip_byte(store: ArtifactStore, key: str) -> None:

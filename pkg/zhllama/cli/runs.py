@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from zhllama.backends import backend_of_run
 from zhllama.cli.flags import store_option, user_errors
 
+F = TypeVar("F", bound=Callable[..., Any])
+namespace_option = click.option(
+    "--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of cluster runs (default: the run's)."
+)
+
+
+def of_a_run(func: F) -> F:
+    """RUN_ID, and where to find it: the store, and the namespace of a cluster run."""
+    return click.argument("run_id")(store_option(namespace_option(user_errors(func))))  # type: ignore[no-any-return]
+
 
 @click.command()
-@click.argument("run_id")
-@store_option
-@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
-@user_errors
+@of_a_run
 def status(run_id: str, store: str, namespace: str | None) -> None:
     """Show the state of a run (and why, when it is not running)."""
     result = backend_of_run(run_id, store, namespace).status(run_id)
@@ -24,10 +33,7 @@ def status(run_id: str, store: str, namespace: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
-@store_option
-@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE")
-@user_errors
+@of_a_run
 def watch(run_id: str, store: str, namespace: str | None) -> None:
     """Follow a run's state until it finishes."""
     for current in backend_of_run(run_id, store, namespace).watch(run_id):
@@ -35,21 +41,19 @@ def watch(run_id: str, store: str, namespace: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run finishes.")
-@click.option("--previous", is_flag=True, help="The previous container's log after a restart (Kubernetes).")
-@store_option
-@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
-@user_errors
+@click.option("--previous", is_flag=True,
+              help="The attempt before the current one (Kubernetes: the previous container, after a restart).")
+@of_a_run
 def logs(run_id: str, follow: bool, previous: bool, store: str, namespace: str | None) -> None:
-    """Print a run's log (the master pod's on Kubernetes)."""
+    """Print a run's log: its current attempt's (the master pod's on Kubernetes)."""
     for line in backend_of_run(run_id, store, namespace).logs(run_id, follow=follow, previous=previous):
         click.echo(line)
 
 
 @click.command(name="ls")
 @store_option
-@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of cluster runs.")
+@namespace_option
 @user_errors
 def list_runs(store: str, namespace: str | None) -> None:
     """List the runs in the store, each in the state its backend confirms (the same as `ctl status`)."""
@@ -63,13 +67,15 @@ def list_runs(store: str, namespace: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
-@store_option
-@click.option("--namespace", "-n", envvar="ZHLLAMA_NAMESPACE", help="Kubernetes namespace of a cluster run.")
-@user_errors
+@of_a_run
 def cancel(run_id: str, store: str, namespace: str | None) -> None:
-    """Stop a run."""
-    click.echo(backend_of_run(run_id, store, namespace).cancel(run_id).line())
+    """Stop a run; a finished one is left as it is."""
+    backend = backend_of_run(run_id, store, namespace)
+    before = backend.status(run_id)
+    if before.finished:
+        click.echo(f"{before.line()}\nrun {run_id} already finished ({before.state}); nothing to cancel")
+        return
+    click.echo(backend.cancel(run_id).line())
 
 
 @click.command()
@@ -78,11 +84,12 @@ def cancel(run_id: str, store: str, namespace: str | None) -> None:
 @store_option
 @user_errors
 def pull(run_id: str, dest: Path, store: str) -> None:
-    """Download a run's outputs into DEST, checking every file against its manifest."""
+    """Download a run's outputs (a pipeline's report) into DEST, checking every file against its manifest."""
     from zhllama.run import pull_run
     from zhllama.store import open_store
 
     for path in pull_run(open_store(store), run_id, dest):
         click.echo(str(path))
+
 
 COMMANDS = (status, watch, logs, list_runs, cancel, pull)
