@@ -104,6 +104,8 @@ def test_two_submits_at_the_same_instant_start_one_job(
         thread.join()
     started = [m for m in machines if (m.state_dir / "race" / "process.json").exists()]
     assert len(started) == 1 and len(results) == 2
+    attached = next(m for m in machines if m not in started)
+    assert "working on race" in list(attached.logs("race", follow=True))  # the winner's log, from the store
     assert machines[0].wait("race").state == machines[1].wait("race").state == "Succeeded"
     record = read_record(machines[0].store, "race")
     assert record.attempt == 1 and [t.state for t in record.transitions] == ["Pending", "Running", "Succeeded"]

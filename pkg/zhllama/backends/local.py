@@ -188,17 +188,22 @@ class LocalBackend:
 
     def logs(self, run_id: str, *, follow: bool = False, previous: bool = False) -> Iterator[str]:
         """The current attempt's log (the one before with `previous`): the local file while this machine runs
-        it, else the copy in the store."""
+        it, else the copy in the store (which the job's heartbeat keeps up to date)."""
         attempt = read_record(self.store, run_id).attempt - (1 if previous else 0)
         log = self._dir(run_id) / attempt_log_name(attempt)
-        if not log.exists():
+        if log.exists():
+            yield from self._follow_file(run_id, log, follow)
+        elif follow:
+            yield from self._follow_store(run_id, attempt)
+        else:
             try:
                 stored = self.store.read_bytes(attempt_log_key(run_id, attempt))
             except FileNotFoundError:
                 raise UserError(f"no log of attempt {attempt} of run {run_id!r} on this machine or in "
                                 f"{self.store.root_uri}") from None
             yield from stored.decode(errors="replace").splitlines()
-            return
+
+    def _follow_file(self, run_id: str, log: Path, follow: bool) -> Iterator[str]:
         with open(log, encoding="utf-8", errors="replace") as handle:
             while True:
                 line = handle.readline()
@@ -209,6 +214,23 @@ class LocalBackend:
                     yield from (rest.rstrip("\n") for rest in handle.readlines())
                     return
                 time.sleep(0.3)
+
+    def _follow_store(self, run_id: str, attempt: int, poll_s: float = 1.0) -> Iterator[str]:
+        """Another machine's attempt: its log as the heartbeat uploads it, until the run finishes."""
+        shown = 0
+        while True:
+            finished = self.status(run_id).finished
+            try:
+                lines = self.store.read_bytes(attempt_log_key(run_id, attempt)).decode(errors="replace").splitlines()
+            except FileNotFoundError:
+                lines = []
+            # The last line may still be growing; it is shown once the next upload has more after it.
+            complete = lines if finished else lines[:-1]
+            yield from complete[shown:]
+            shown = max(shown, len(complete))
+            if finished:
+                return
+            time.sleep(poll_s)
 
     def cancel(self, run_id: str) -> RunStatus:
         """Record the cancel first (so the dying job cannot record a failure instead), then stop the processes."""
