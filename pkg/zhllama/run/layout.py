@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 
 from zhllama.errors import UserError
-from zhllama.spec.models import run_id_problem
+from zhllama.spec.base import run_id_problem
 from zhllama.store import join_key
 
 SPEC_FILE = "spec.json"

@@ -3,9 +3,12 @@
 May import: zhllama.errors (and pydantic, yaml). Must not import any other zhllama package.
 """
 
+from zhllama.spec.base import Resources, StageSpec
+from zhllama.spec.data import DataSource, PrepareSpec, data_uris
 from zhllama.spec.loading import gpu_layout, new_run_id, parse_set, resolve_spec, spec_from_json
 from zhllama.spec.models import (
     DISTRIBUTED_STAGES,
+    INDEXED_STAGES,
     PIPELINE_STAGES,
     STAGE_SPECS,
     EvalSpec,
@@ -14,8 +17,6 @@ from zhllama.spec.models import (
     MergeSpec,
     PipelineSpec,
     QuantizeSpec,
-    Resources,
-    StageSpec,
     TokenizerSpec,
     TrainSpec,
 )
@@ -23,6 +24,10 @@ from zhllama.spec.presets import PRESETS
 
 __all__ = [
     "DISTRIBUTED_STAGES",
+    "INDEXED_STAGES",
+    "DataSource",
+    "PrepareSpec",
+    "data_uris",
     "PIPELINE_STAGES",
     "PRESETS",
     "STAGE_SPECS",

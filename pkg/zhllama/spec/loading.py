@@ -15,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 
 from zhllama.errors import SpecError
-from zhllama.spec.models import STAGE_SPECS, Resources, StageSpec
+from zhllama.spec.base import Resources, StageSpec
+from zhllama.spec.models import STAGE_SPECS
 from zhllama.spec.presets import PRESETS, deep_merge, preset_values
 
 

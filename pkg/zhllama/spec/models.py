@@ -6,107 +6,18 @@ Specs are frozen and reject unknown keys, so a typo in a YAML file or a `--set` 
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-Size = Literal["tiny", "smol", "7b", "13b", "33b", "65b"]
-StageName = Literal["tokenizer", "pretrain", "sft", "merge", "quantize", "eval", "generate"]
-PIPELINE_STAGES: tuple[StageName, ...] = ("tokenizer", "pretrain", "sft", "merge", "quantize", "eval")
+from zhllama.spec.base import Spec, StageSpec, check_uri
+from zhllama.spec.data import DataSource, PrepareSpec, data_uris
+
+StageName = Literal["tokenizer", "prepare", "pretrain", "sft", "merge", "quantize", "eval", "generate"]
+PIPELINE_STAGES: tuple[StageName, ...] = ("tokenizer", "prepare", "pretrain", "sft", "merge", "quantize", "eval")
 DISTRIBUTED_STAGES: frozenset[str] = frozenset({"pretrain", "sft"})
-
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
-
-
-def run_id_problem(value: str) -> str | None:
-    """Why `value` cannot be a run id (it names Kubernetes objects and a store prefix), or None."""
-    return None if RUN_ID_PATTERN.match(value) else (
-        f"{value!r} is not a valid run id: use lowercase letters, digits and '-', "
-        "start and end with a letter or digit, at most 52 characters")
-URI_SCHEMES = ("s3://", "file://", "run://", "store://", "embedded://")
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, validate_default=True)
-
-
-def _check_uri(value: str) -> str:
-    if not value.startswith(URI_SCHEMES):
-        raise ValueError(
-            f"{value!r} is not a URI; write s3://bucket/key, file:///abs/path, store://<key in the run's store>, "
-            "run://<run-id>/outputs/<name> or embedded://<name>"
-        )
-    return value
-
-
-class Resources(Spec):
-    """Compute for one run. On a cluster these become pod resources; locally only nproc_per_node matters."""
-
-    nodes: int = Field(1, ge=1)
-    """Pods (one per node) for distributed stages; single-pod stages always use 1."""
-    gpus_per_node: int = Field(0, ge=0)
-    """GPUs per pod (`nvidia.com/gpu`); 0 runs on CPU."""
-    nproc_per_node: int = Field(0, ge=0)
-    """Training processes per pod (torchrun --nproc_per_node); 0 means one per GPU, or 1 on CPU."""
-    cpu: str = "4"
-    """CPU request per pod (Kubernetes quantity)."""
-    memory: str = "16Gi"
-    """Memory request and limit per pod (Kubernetes quantity)."""
-    gpu_memory_gib: float = Field(80, gt=0)
-    """Memory of one GPU in GiB (80 for A100/H100 80GB): the training memory plan must fit in it."""
-
-    @property
-    def procs_per_node(self) -> int:
-        return self.nproc_per_node or self.gpus_per_node or 1
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.procs_per_node
-
-
-class StageSpec(Spec):
-    """Fields every stage has."""
-
-    stage: str
-    """Which stage this spec runs."""
-    run_id: str
-    """Run id: lowercase letters, digits and '-', at most 52 characters (it names Kubernetes objects)."""
-    size: Size = "smol"
-    """Size preset the defaults came from."""
-    store: str = "file://./artifacts"
-    """Root URI of the artifact store: file:///path (a directory) or s3://bucket/prefix."""
-    seed: int = 42
-    """Seed for every random number generator the stage uses."""
-    resources: Resources = Resources()
-    """Compute for this run."""
-
-    input_fields: ClassVar[tuple[str, ...]] = ()
-    outputs: ClassVar[tuple[str, ...]] = ()
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id_is_a_dns_label(cls, value: str) -> str:
-        problem = run_id_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("store")
-    @classmethod
-    def _store_is_a_root_uri(cls, value: str) -> str:
-        if not value.startswith(("s3://", "file://")):
-            raise ValueError(f"{value!r}: the store must be file:///path or s3://bucket[/prefix]")
-        return value
-
-    def input_uris(self) -> dict[str, str | list[str]]:
-        """The inputs this run reads, by field name (recorded in every manifest)."""
-        found: dict[str, str | list[str]] = {}
-        for name in self.input_fields:
-            value = getattr(self, name)
-            if value:
-                found[name] = value
-        return found
+INDEXED_STAGES: frozenset[str] = frozenset({"prepare"})
+"""Stages whose workers each take a share by index (an Indexed Job on Kubernetes, N processes locally)."""
 
 
 class TokenizerSpec(StageSpec):
@@ -144,12 +55,12 @@ class TokenizerSpec(StageSpec):
     @field_validator("base_tokenizer")
     @classmethod
     def _base_is_uri(cls, value: str) -> str:
-        return _check_uri(value)
+        return check_uri(value)
 
     @field_validator("corpus", "heldout")
     @classmethod
     def _uris(cls, values: list[str]) -> list[str]:
-        return [_check_uri(v) for v in values]
+        return [check_uri(v) for v in values]
 
     @model_validator(mode="after")
     def _needs_text_or_model(self) -> TokenizerSpec:
@@ -183,8 +94,12 @@ class TrainSpec(StageSpec):
     """Adapters merged into the base, in order, before training (SFT trains on base + pretraining LoRA)."""
     tokenizer: str = "embedded://smollm2-135m"
     """The extended tokenizer (the tokenizer stage's output)."""
-    data: list[str] = ["embedded://peoples-daily-train"]
-    """Training data: txt/JSONL text for pretrain; Alpaca, conversation or role/text JSONL for SFT."""
+    data: list[DataSource] = [DataSource(uri="embedded://peoples-daily-train")]
+    """Training data: txt/JSONL text for pretrain, each source with a mixture weight (tokenized by this run, once
+    per corpus and tokenizer, cached in the store); Alpaca, conversation or role/text JSONL for SFT."""
+    dataset: str | None = None
+    """Pretrain: a `prepare` run's output (run://<id>/outputs/dataset) to stream instead of tokenizing `data`;
+    its sources and weights are the prepared ones, and `data` is not read (as LLaMA-Factory's tokenized_path)."""
     block_size: int = Field(512, ge=8)
     """Tokens per training sequence (the paper: 512)."""
     micro_batch_size: int = Field(1, ge=1)
@@ -230,25 +145,47 @@ class TrainSpec(StageSpec):
     skip_bad_records: bool = False
     """SFT: count malformed records in the report instead of failing."""
     tokenize_workers: int = Field(2, ge=1)
-    """Processes that tokenize the corpus."""
+    """Processes that tokenize `data` when pretrain does it itself (no `dataset`)."""
+    shuffle_window: int = Field(8, ge=1)
+    """Pretrain: shards of a source whose blocks are shuffled together. Every epoch visits a source's shards in
+    a fresh random order, this many at a time, so a pod holds a few shards at once instead of the corpus."""
     process_group_timeout_s: int = Field(3600, ge=60)
     """Seconds a collective may wait for the slowest rank before the job fails (torch.distributed's timeout; NCCL's
     default is 600). It must cover the spread between pods finishing their input downloads (the first collective
     is the rendezvous after them) and a local checkpoint write. Tokenization, downloads and checkpoint uploads
     never run while another rank waits in a collective. The reference passes --ddp_timeout 30000."""
 
-    input_fields: ClassVar[tuple[str, ...]] = ("base_model", "base_adapters", "tokenizer", "data")
+    input_fields: ClassVar[tuple[str, ...]] = ("base_model", "base_adapters", "tokenizer", "dataset", "data")
     outputs: ClassVar[tuple[str, ...]] = ("adapter",)
 
-    @field_validator("base_model", "tokenizer")
+    @field_validator("base_model", "tokenizer", "dataset")
     @classmethod
-    def _uri(cls, value: str) -> str:
-        return _check_uri(value)
+    def _uri(cls, value: str | None) -> str | None:
+        return None if value is None else check_uri(value)
 
-    @field_validator("data", "base_adapters")
+    @field_validator("base_adapters")
     @classmethod
     def _uris(cls, values: list[str]) -> list[str]:
-        return [_check_uri(v) for v in values]
+        return [check_uri(v) for v in values]
+
+    @model_validator(mode="after")
+    def _data_fits_the_stage(self) -> TrainSpec:
+        if self.stage == "sft":
+            weighted = [source.uri for source in self.data if source.weight != 1]
+            if weighted:
+                raise ValueError(f"data: {', '.join(weighted)}: weights apply to pretraining; SFT reads every "
+                                 "example once per epoch, so drop the weight")
+            if self.dataset:
+                raise ValueError("dataset: SFT tokenizes its own examples; a prepared dataset is for pretrain")
+        elif not self.dataset and not self.data:
+            raise ValueError("data: no sources; give `data` (text to tokenize) or `dataset` (a prepare output)")
+        return self
+
+    def input_uris(self) -> dict[str, str | list[str]]:
+        found = {name: value for name, value in super().input_uris().items() if name != "data"}
+        if not self.dataset:
+            found["data"] = data_uris(self.data)
+        return found
 
 
 class MergeSpec(StageSpec):
@@ -363,7 +300,7 @@ class GenerateSpec(StageSpec):
 
 
 class PipelineSpec(StageSpec):
-    """tokenizer -> pretrain -> sft -> merge -> quantize -> eval, each stage a run of its own."""
+    """tokenizer -> prepare -> pretrain -> sft -> merge -> quantize -> eval, each stage a run of its own."""
 
     stage: Literal["pipeline"] = "pipeline"
     stages: list[StageName] = list(PIPELINE_STAGES)
@@ -390,6 +327,7 @@ class PipelineSpec(StageSpec):
 
 STAGE_SPECS: dict[str, type[StageSpec]] = {
     "tokenizer": TokenizerSpec,
+    "prepare": PrepareSpec,
     "pretrain": TrainSpec,
     "sft": TrainSpec,
     "merge": MergeSpec,

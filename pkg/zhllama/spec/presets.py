@@ -15,6 +15,13 @@ TINY_DATA = {
     "sft": "embedded://sft-train-tiny",
 }
 
+# The demo's pretraining mixture: People's Daily, with English replay so the model keeps some English (the
+# report shows English perplexity before and after). Pretrain and prepare read this one list.
+SMOL_DATA = [{"uri": "embedded://peoples-daily-train", "weight": 0.9},
+             {"uri": "embedded://english-replay", "weight": 0.1}]
+TINY_PRETRAIN_DATA = [{"uri": TINY_DATA["train"], "weight": 0.9},
+                      {"uri": "embedded://english-replay-tiny", "weight": 0.1}]
+
 # The demo report's held-out tasks (the two skills the embedded SFT data teaches), and its sample instructions:
 # an open question the SFT data never asks, and one unseen example of each task.
 DEMO_TASKS = ["embedded://sentiment-heldout", "embedded://segmentation-heldout"]
@@ -37,6 +44,13 @@ def _cluster(base: str, nodes: int, gpus: int, bits: int, micro: int, accum: int
             "corpus": ["store://data/pretrain"],
             "heldout": [],
             "resources": {"nodes": 1, "gpus_per_node": 0, "cpu": "8"},
+        },
+        "prepare": {
+            "tokenizer": tokenizer,
+            "data": ["store://data/pretrain"],
+            # 32 pods x 16 cores: see bench/prepare.py for the projected wall time of 120 GB.
+            "workers": 32,
+            "resources": {"nodes": 1, "gpus_per_node": 0, "cpu": "16", "memory": "32Gi"},
         },
         "pretrain": {
             "base_model": weights,
@@ -86,10 +100,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "heldout": [TINY_DATA["heldout"]],
             "vocab_size": 4000,
         },
+        "prepare": {"tokenizer": "embedded://tiny-llama", "data": TINY_PRETRAIN_DATA, "block_size": 64,
+                    "shard_mb": 1},
         "pretrain": {
             "base_model": "embedded://tiny-llama",
             "tokenizer": "embedded://tiny-llama",
-            "data": [TINY_DATA["train"]],
+            "data": TINY_PRETRAIN_DATA,
             "block_size": 64,
             "micro_batch_size": 4,
             "max_steps": 8,
@@ -121,7 +137,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "common": {"resources": {"nodes": 1, "gpus_per_node": 0, "nproc_per_node": 1, "cpu": "2", "memory": "8Gi"}},
         "tokenizer": {"vocab_size": 20000},
         # bf16 autocast: twice fp32's speed on AVX-512 CPUs; ~60k tokens cut held-out perplexity by ~half.
+        "prepare": {"data": SMOL_DATA, "block_size": 256, "shard_mb": 64},
         "pretrain": {
+            "data": SMOL_DATA,
             "block_size": 256,
             "micro_batch_size": 2,
             "grad_accum_steps": 1,
