@@ -40,13 +40,18 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
         return resolve_spec(stage, size=spec.size, run_id=stage_run_id(pid, step), values=values)
 
     tokenizer = output("tokenizer", "tokenizer")
-    # The pretrain step's spec decides the base every other step starts from (its preset, or its override).
+    # The pretrain step's spec decides the base every other step starts from (its preset, or its override), and
+    # the data mixture and block size the prepare step tokenizes.
     pretrain = resolve("pretrain", "pretrain", {"tokenizer": tokenizer})
     assert isinstance(pretrain, TrainSpec)
     base_model = pretrain.base_model
+    if "prepare" in spec.stages:
+        pretrain = resolve("pretrain", "pretrain", {"tokenizer": tokenizer, "dataset": output("prepare", "dataset")})
     pt_adapter, sft_adapter = output("pretrain", "adapter"), output("sft", "adapter")
     wiring: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "tokenizer": [("tokenizer", {})],
+        "prepare": [("prepare", {"tokenizer": tokenizer, "block_size": pretrain.block_size,
+                                 "data": [source.model_dump() for source in pretrain.data]})],
         "sft": [("sft", {"tokenizer": tokenizer, "base_model": base_model, "base_adapters": [pt_adapter]})],
         "merge": [("merge", {"base_model": base_model, "adapters": [pt_adapter, sft_adapter], "tokenizer": tokenizer})],
         "quantize": [("quantize", {"model": output("merge", "model")})],

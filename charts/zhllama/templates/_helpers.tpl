@@ -94,6 +94,11 @@ The image for a run: the GPU training image when the stage requests GPUs, the CP
   value: /scratch/cache
 - name: PYTHONUNBUFFERED
   value: "1"
+{{- if .Values.launch.indexed }}
+# The shares of an Indexed Job; Kubernetes sets each pod's own JOB_COMPLETION_INDEX.
+- name: ZHLLAMA_WORKERS
+  value: {{ int .Values.launch.completions | quote }}
+{{- end }}
 {{- with .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
   value: {{ . | quote }}
@@ -201,7 +206,8 @@ limits:
 {{- end -}}
 
 {{/*
-One pod template. Arguments: root (the chart context), role (master or worker), container (its name).
+One pod template. Arguments: root (the chart context), role (master or worker), container (its name), and
+optionally restartPolicy (else the one run.restartPolicy gives).
 */}}
 {{- define "zhllama.podTemplate" -}}
 {{- $root := .root -}}
@@ -219,7 +225,7 @@ metadata:
   {{- end }}
 spec:
   {{- /* ExitCode restarts are the operator's: it recreates a pod whose own policy is Never. */}}
-  restartPolicy: {{ ternary "OnFailure" "Never" (eq $v.run.restartPolicy "OnFailure") }}
+  restartPolicy: {{ .restartPolicy | default (ternary "OnFailure" "Never" (eq $v.run.restartPolicy "OnFailure")) }}
   serviceAccountName: {{ include "zhllama.serviceAccountName" $root }}
   automountServiceAccountToken: {{ $v.serviceAccount.automountToken }}
   {{- with (include "zhllama.schedulerName" $root) }}

@@ -2,7 +2,8 @@
 
 One source of truth renders the objects: charts/zhllama. The spec is resolved once, in Python; the chart takes
 it as the value `spec` (copied into the run's ConfigMap unchanged) plus `launch`, what Python derives from it to
-start the pods (distributed or not, the stage's script, pods, processes per pod). `ctl values` prints these
+start the pods (distributed or not, indexed or not and its completions, the stage's script, pods, processes per
+pod). `ctl values` prints these
 values for a plain `helm install`, and `ctl submit` renders the chart with the same values, so both create the
 same objects and the chart holds no rule about runs.
 """
@@ -18,7 +19,7 @@ import helm_python
 import yaml
 
 from zhllama.errors import UserError
-from zhllama.spec import DISTRIBUTED_STAGES, PipelineSpec, StageSpec
+from zhllama.spec import DISTRIBUTED_STAGES, INDEXED_STAGES, PipelineSpec, PrepareSpec, StageSpec
 from zhllama.spec.presets import deep_merge
 
 CHART_ENV = "ZHLLAMA_CHART"
@@ -49,14 +50,19 @@ def resolved_values(spec: StageSpec) -> dict[str, Any]:
             "`ctl values` each stage, or `ctl submit pipeline`"
         )
     distributed = spec.stage in DISTRIBUTED_STAGES
+    indexed = spec.stage in INDEXED_STAGES
     return {
         "spec": spec.model_dump(mode="json"),
         "launch": {
             "distributed": distributed,
+            # An Indexed Job of `completions` pods (= parallelism), each one share of the work: prepare's workers.
+            "indexed": indexed,
+            "completions": spec.workers if indexed and isinstance(spec, PrepareSpec) else 1,
             "entrypoint": f"{IMAGE_JOBS_DIR}/{spec.stage}.py",
-            # A single-pod stage is one Job pod whatever resources.nodes says.
+            # A single-pod stage is one Job pod whatever resources.nodes says; an indexed one's pods are its
+            # completions, each one pod of one process.
             "nodes": spec.resources.nodes if distributed else 1,
-            "procsPerNode": spec.resources.procs_per_node,
+            "procsPerNode": 1 if indexed else spec.resources.procs_per_node,
         },
     }
 

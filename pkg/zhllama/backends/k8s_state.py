@@ -3,7 +3,8 @@
 Pure functions over the API's JSON (dicts), so every rule here is testable without a cluster. The job's
 conditions say where the run is; the pods and events say why it is stuck or why it failed, in the words a
 person acts on: Unschedulable, ImagePullBackOff, QuotaExceeded, OOMKilled, exit code N, DeadlineExceeded,
-BackoffLimitExceeded.
+BackoffLimitExceeded. An Indexed Job (prepare's workers) is a Job whose progress is its completed shares and whose
+failure names the failed index.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ Obj = dict[str, Any]
 
 CANCELLED_ANNOTATION = "zhllama.io/cancelled"
 KIND_ANNOTATION = "zhllama.io/workload-kind"
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+"""The label and annotation Kubernetes puts on each pod of an Indexed Job: its completion index."""
 WAITING_PROBLEMS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "CrashLoopBackOff")
 
@@ -49,6 +52,38 @@ WORKLOAD_KINDS: dict[str, WorkloadKind] = {
 }
 
 
+def is_indexed(workload: Obj | None) -> bool:
+    """An Indexed Job: a batch/v1 Job with completionMode Indexed."""
+    if not workload or workload.get("kind") != "Job":
+        return False
+    return (workload.get("spec") or {}).get("completionMode") == "Indexed"
+
+
+def completion_index(pod: Obj) -> int | None:
+    """A pod's completion index (label, or the annotation older clusters set alone); None outside an Indexed Job."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(INDEX_KEY, (meta.get("annotations") or {}).get(INDEX_KEY))
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_indexes(text: str | None) -> list[int]:
+    """Job status completedIndexes/failedIndexes ("1,3-5,7") as a sorted list."""
+    found: set[int] = set()
+    for part in filter(None, (text or "").split(",")):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return sorted(found)
+
+
+def log_pod_selector(kind: WorkloadKind, workload: Obj | None) -> str:
+    """Label selector (with {run}) of the pods whose log is the run's log: index 0's in an Indexed Job (worker 0
+    publishes the dataset), else the kind's master."""
+    return f"{kind.pod_selector},{INDEX_KEY}=0" if is_indexed(workload) else kind.master_selector
+
+
 def true_conditions(obj: Obj | None) -> dict[str, Obj]:
     conditions = ((obj or {}).get("status") or {}).get("conditions") or []
     return {c["type"]: c for c in conditions if c.get("status") == "True"}
@@ -74,7 +109,8 @@ def derive_status(run_id: str, stage: str, spec_configmap: Obj, workload: Obj | 
     if "Succeeded" in conditions or "Complete" in conditions:
         return status("Succeeded")
     if "Failed" in conditions:
-        reason, message = failure_reason(conditions["Failed"], pods)
+        reason, message = (indexed_failure(conditions["Failed"], workload, pods) if is_indexed(workload)
+                           else failure_reason(conditions["Failed"], pods))
         return status("Failed", reason, message)
     if "Suspended" in conditions:
         return status("Pending", "Queued", conditions["Suspended"].get("message") or "the job is suspended "
@@ -85,7 +121,7 @@ def derive_status(run_id: str, stage: str, spec_configmap: Obj, workload: Obj | 
     stuck = pending_reason(pods, events)
     if stuck is not None:
         return status("Pending", *stuck)
-    if "Running" in conditions or _all_running(pods):
+    if "Running" in conditions or _all_running(pods) or (is_indexed(workload) and _some_share_started(pods)):
         return status("Running")
     return status("Pending", "Created", "the job exists; its pods are being created")
 
@@ -94,12 +130,23 @@ def _all_running(pods: Sequence[Obj]) -> bool:
     return bool(pods) and all(p.get("status", {}).get("phase") == "Running" for p in pods)
 
 
+def _some_share_started(pods: Sequence[Obj]) -> bool:
+    """An Indexed Job runs while any of its shares runs or is done (the others may still be starting)."""
+    return any(p.get("status", {}).get("phase") in ("Running", "Succeeded") for p in pods)
+
+
 def _details(workload: Obj, pods: Sequence[Obj]) -> dict[str, str]:
     details = {"kind": workload.get("kind", "")}
     status = workload.get("status") or {}
     for key in ("startTime", "completionTime"):
         if status.get(key):
             details[key] = str(status[key])
+    if is_indexed(workload):
+        completions = (workload.get("spec") or {}).get("completions") or 0
+        done = len(parse_indexes(status.get("completedIndexes"))) or int(status.get("succeeded") or 0)
+        details["workers"] = f"{done}/{completions} done"
+        if status.get("failedIndexes"):
+            details["failedIndexes"] = str(status["failedIndexes"])
     if pods:
         phases: dict[str, int] = {}
         for pod in pods:
@@ -176,3 +223,20 @@ def failure_reason(condition: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
         # The containers' cause (OOMKilled, exit code) is what the user fixes; the job's reason is context.
         return container_reason, f"{container_message} ({reason}: {text})" if text else container_message
     return reason, text or container_message
+
+
+def indexed_failure(condition: Obj, workload: Obj, pods: Sequence[Obj]) -> tuple[str, str]:
+    """(reason, message) for a Failed Indexed Job, naming the failed index and what its pods died of.
+
+    The failed indexes are the Job's status.failedIndexes (per-index retries used up), else the indexes of its
+    failed pods (a cluster that applied the Job's backoffLimit instead)."""
+    status = workload.get("status") or {}
+    failed = parse_indexes(status.get("failedIndexes")) or sorted(
+        {i for p in pods if (i := completion_index(p)) is not None and p.get("status", {}).get("phase") == "Failed"})
+    if not failed:
+        return failure_reason(condition, pods)
+    first = failed[0]
+    reason, message = failure_reason(condition, [p for p in pods if completion_index(p) == first])
+    completions = (workload.get("spec") or {}).get("completions")
+    others = f"; indexes {','.join(map(str, failed[1:]))} failed too" if len(failed) > 1 else ""
+    return reason, f"index {first} of {completions} failed: {message}{others}"

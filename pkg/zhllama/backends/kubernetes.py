@@ -2,7 +2,8 @@
 
 A run is its rendered objects, all named after the run id: a ConfigMap `<run>-spec` holding the spec (and its
 digest, which makes submit idempotent), a ServiceAccount + Role + RoleBinding, and the job object (PyTorchJob,
-TrainJob or Job). The ConfigMap outlives a cancel so `ctl status` can still say Cancelled.
+TrainJob or Job; an Indexed Job for prepare). The ConfigMap outlives a cancel so `ctl status` can still say
+Cancelled.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from zhllama.backends.k8s_state import (
     WORKLOAD_KINDS,
     WorkloadKind,
     derive_status,
+    is_indexed,
+    log_pod_selector,
 )
 from zhllama.errors import UserError
 from zhllama.run import RunRecord, RunStatus, attached, now, open_run, read_record, reconcile, transition
@@ -307,24 +310,37 @@ class KubernetesBackend:
     # -- logs and cancel ----------------------------------------------------------------------------------
 
     def logs(self, run_id: str, *, follow: bool = False, previous: bool = False) -> Iterator[str]:
-        """The master pod's log (its previous container's with `previous`, after a restart)."""
+        """The master pod's log (its previous container's with `previous`, after a restart).
+
+        In an Indexed Job the log is index 0's newest pod; `previous` is that index's pod before it (its pods
+        never restart in place: each retry is a new pod)."""
         kind = self._kind(run_id)
-        pod = self._master_pod(run_id, kind, wait=follow and not previous)
+        workload = self._get_workload(run_id, kind)
+        selector = log_pod_selector(kind, workload).format(run=run_id)
+        if previous and is_indexed(workload):
+            earlier = self._pods(selector)[:-1]
+            if not earlier:
+                raise UserError(f"run {run_id}: index 0 has had one pod only; no previous attempt to show")
+            yield from self._read_log(earlier[-1]["metadata"]["name"], kind.container, previous=False)
+            return
+        pod = self._master_pod(run_id, selector, wait=follow and not previous)
         name = pod["metadata"]["name"]
         if follow and not previous:
             yield from watch.Watch().stream(self.core.read_namespaced_pod_log, name=name, namespace=self.namespace,
                                             container=kind.container)
             return
+        yield from self._read_log(name, kind.container, previous=previous)
+
+    def _read_log(self, pod: str, container: str, *, previous: bool) -> Iterator[str]:
         try:
-            text = self.core.read_namespaced_pod_log(name, self.namespace, container=kind.container,
-                                                     previous=previous)
+            text = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, previous=previous)
         except ApiException as err:
-            raise UserError(f"logs of pod {name}: {_api_message(err)}") from None
+            raise UserError(f"logs of pod {pod}: {_api_message(err)}") from None
         yield from str(text).splitlines()
 
-    def _master_pod(self, run_id: str, kind: WorkloadKind, *, wait: bool) -> Obj:
+    def _master_pod(self, run_id: str, selector: str, *, wait: bool) -> Obj:
         while True:
-            pods = self._pods(kind.master_selector.format(run=run_id))
+            pods = self._pods(selector)
             if pods:
                 pod = pods[-1]  # the newest: a Job retried with restartPolicy Never has several
                 states = [c.get("state") or {} for c in (pod.get("status") or {}).get("containerStatuses") or []]

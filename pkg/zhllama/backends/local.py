@@ -38,7 +38,7 @@ from zhllama.run import (
 from zhllama.run.heartbeat import LOG_FILE_ENV, attempt_log_key
 from zhllama.run.job import VERIFY_ENV
 from zhllama.run.status import process_alive
-from zhllama.spec import DISTRIBUTED_STAGES, StageSpec
+from zhllama.spec import DISTRIBUTED_STAGES, INDEXED_STAGES, PrepareSpec, StageSpec
 from zhllama.store import ArtifactStore, open_store
 
 EXIT_KILLED = {137, -9, 143, -15}
@@ -72,6 +72,10 @@ def job_command(spec: StageSpec, spec_path: Path) -> list[str]:
             "--spec",
             str(spec_path),
         ]
+    if spec.stage in INDEXED_STAGES:
+        workers = spec.workers if isinstance(spec, PrepareSpec) else 1
+        return [sys.executable, "-m", "zhllama.backends.local_workers", str(workers), sys.executable, str(script),
+                "--spec", str(spec_path)]
     return [sys.executable, str(script), "--spec", str(spec_path)]
 
 

@@ -16,7 +16,7 @@ from zhllama.data.sft import IGNORE_INDEX
 
 
 class BlockData:
-    """Pretraining blocks: every token is a target (the model shifts labels itself)."""
+    """Pretraining blocks in memory (tests, benchmarks): every token is a target (the model shifts labels)."""
 
     def __init__(self, blocks: np.ndarray) -> None:
         self.blocks = blocks
@@ -27,6 +27,9 @@ class BlockData:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(self.blocks[index], dtype=np.int64)
         return ids, ids
+
+    def indices(self, seed: int, start: int, count: int) -> list[int]:
+        return sample_indices(len(self), seed, start, count)
 
 
 class SequenceData:
@@ -40,6 +43,9 @@ class SequenceData:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.sequences[index]
+
+    def indices(self, seed: int, start: int, count: int) -> list[int]:
+        return sample_indices(len(self), seed, start, count)
 
 
 @functools.lru_cache(maxsize=2)

@@ -3,6 +3,9 @@
 Perplexity per token depends on the tokenizer: the extended Chinese vocabulary halves the tokens per character,
 so per-token numbers of the base and the extended model cannot be compared. The total negative log-likelihood of
 a text does not depend on how it is cut, so exp(total NLL / characters) compares models with any tokenizers.
+English held-out text (what pretraining on Chinese may make the model forget) is also read per token: the
+extension adds Chinese pieces, so both vocabularies cut English text (nearly) the same, and the report shows the
+token counts beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from zhllama.models.loading import encode, model_device
 from zhllama.records import TEXT_SUFFIXES, list_files, read_texts
 
 Progress = Callable[[Iterable[str]], Iterable[str]]
+
+LANGUAGES = {"zh": "Chinese", "en": "English", "other": "other"}
+"""The held-out text labels text_language gives, with their names in reports."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,26 @@ def read_documents(path: Path, max_chars: int | None = None) -> list[str]:
     if not documents:
         raise UserError(f"{path}: the held-out text is empty")
     return documents
+
+
+def text_language(documents: list[str]) -> str:
+    """"zh" when at least half the letters are Chinese characters, "en" when nine in ten are ASCII letters, else
+    "other": a label by script for the reports (per-character perplexity for Chinese, per-token for English), not
+    a language detector."""
+    han = ascii_letters = letters = 0
+    for text in documents:
+        for char in text:
+            if "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf" or "\uf900" <= char <= "\ufaff":
+                han += 1
+                letters += 1
+            elif char.isalpha():
+                letters += 1
+                ascii_letters += char.isascii()
+    if letters and han >= letters / 2:
+        return "zh"
+    if letters and ascii_letters >= 0.9 * letters:
+        return "en"
+    return "other"
 
 
 def document_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zhllama.eval.exams import SubjectScore
-from zhllama.eval.perplexity import PerplexityResult
+from zhllama.eval.perplexity import LANGUAGES, PerplexityResult
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class EvalReport:
     stride: int
     perplexity: dict[str, PerplexityResult] = field(default_factory=dict)
     """Held-out source URI -> result."""
+    languages: dict[str, str] = field(default_factory=dict)
+    """Held-out source URI -> text_language's label (zh, en, other), written beside each result."""
     exams: list[ExamResult] = field(default_factory=list)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Task source URI -> score_task's result (metric, score, the exact prompt, answers)."""
@@ -46,7 +48,11 @@ class EvalReport:
             "perplexity": {
                 "window": self.window,
                 "stride": self.stride,
-                "sources": {source: result.as_dict() for source, result in self.perplexity.items()},
+                "sources": {
+                    source: {**result.as_dict(), **({"language": self.languages[source]}
+                                                    if source in self.languages else {})}
+                    for source, result in self.perplexity.items()
+                },
             },
             "exams": [
                 {
@@ -84,14 +90,14 @@ def render_markdown(report: EvalReport) -> str:
     lines = [f"# Evaluation of {report.model}", "", f"Adapters: {adapters}. Prompts: {template}.", ""]
     if report.perplexity:
         lines += [
-            f"## Per-character perplexity (window {report.window}, stride {report.stride})",
+            f"## Held-out perplexity (window {report.window}, stride {report.stride})",
             "",
-            "| held-out text | characters | tokens | tokens/char | ppl per char | ppl per token |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| held-out text | language | characters | tokens | tokens/char | ppl per char | ppl per token |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {source} | {r.characters} | {r.tokens} | {r.tokens_per_char:.3f} | {r.per_char:.3f} | "
-            f"{r.per_token:.3f} |"
+            f"| {source} | {LANGUAGES.get(report.languages.get(source, ''), '–')} | {r.characters} | {r.tokens} | "
+            f"{r.tokens_per_char:.3f} | {r.per_char:.3f} | {r.per_token:.3f} |"
             for source, r in report.perplexity.items()
         ]
         lines.append("")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 from zhllama.errors import UserError
 from zhllama.eval.exams import read_exam_dir, score_subject
-from zhllama.eval.perplexity import per_char_perplexity, read_documents
+from zhllama.eval.perplexity import per_char_perplexity, read_documents, text_language
 from zhllama.eval.report import EvalReport, ExamResult, write_report
 from zhllama.eval.tasks import read_task_file, sample_generations, score_task
 from zhllama.generate.decoding import PAPER_DECODING
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def run_eval(ctx: RunContext) -> None:
-    """Per-character perplexity on the held-out text and accuracy on each exam, for every shot count."""
+    """Perplexity on each held-out text (per character and per token, labelled by language) and accuracy on each
+    exam, for every shot count."""
     spec = cast(EvalSpec, ctx.spec)
     if spec.stride >= spec.window:
         raise UserError(f"eval: stride {spec.stride} must be smaller than window {spec.window}")
@@ -38,6 +39,7 @@ def run_eval(ctx: RunContext) -> None:
         report.perplexity[uri] = per_char_perplexity(
             model, tokenizer, documents, window, spec.stride, progress=partial(ctx.progress, desc=uri)
         )
+        report.languages[uri] = text_language(documents)
     for uri, subjects in exams.items():
         for shots in spec.shots:
             scores = [

@@ -15,14 +15,14 @@ from typing import Any
 
 from zhllama.errors import ArtifactError
 from zhllama.run import run_key
-from zhllama.spec import StageSpec
+from zhllama.spec import StageSpec, TrainSpec
 from zhllama.store import ArtifactStore, join_key
 from zhllama.store.base import check_file
 
 TRAIN_METRICS = ("metrics", "metrics.jsonl")
 """Training stages publish runs/<id>/metrics/metrics.jsonl (an artifact of its own)."""
 STAGE_REPORTS = {"tokenizer": ("outputs/tokenizer", "report.json"), "quantize": ("outputs/gguf", "report.json"),
-                 "eval": ("outputs/eval", "report.json")}
+                 "eval": ("outputs/eval", "report.json"), "prepare": ("outputs/dataset", "dataset.json")}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class PipelineResults:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Model label (base, pretrain, sft: the eval step's name without `eval-`) -> the eval report."""
     quantize: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None
+    """The prepare step's dataset.json: its sources in spec order, each with weight and counts (blocks, tokens)."""
+    dataset_uri: str | None = None
+    pretrain_sources: list[dict[str, Any]] = field(default_factory=list)
+    """[{uri, weight}] of a pretrain step that tokenized its own data (no prepared dataset)."""
     missing: list[str] = field(default_factory=list)
     """What could not be read, one line each (shown in the report instead of a section)."""
 
@@ -80,6 +85,8 @@ def collect(store: ArtifactStore, steps: list[tuple[str, StageSpec]]) -> Pipelin
     results = PipelineResults()
     for step, spec in steps:
         results.steps.append(step_record(store, step, spec))
+        if isinstance(spec, TrainSpec) and spec.stage == "pretrain" and not spec.dataset:
+            results.pretrain_sources = [{"uri": source.uri, "weight": source.weight} for source in spec.data]
         try:
             if spec.stage in ("pretrain", "sft"):
                 text = read_artifact_file(store, run_key(spec.run_id, TRAIN_METRICS[0]), TRAIN_METRICS[1]).decode()
@@ -90,6 +97,11 @@ def collect(store: ArtifactStore, steps: list[tuple[str, StageSpec]]) -> Pipelin
                 report = json.loads(read_artifact_file(store, run_key(spec.run_id, output), name))
                 if spec.stage == "eval":
                     results.evals[step.removeprefix("eval-")] = report
+                elif spec.stage == "prepare":
+                    results.dataset_uri = f"run://{spec.run_id}/{output}"
+                    if not isinstance(report, dict) or not isinstance(report.get("sources"), list):
+                        raise ArtifactError(f"{results.dataset_uri}/{name} lists no sources")
+                    results.dataset = report
                 elif spec.stage == "tokenizer":
                     results.tokenizer = report
                 else:

@@ -1,9 +1,13 @@
-"""Which process of a job this is: read once from torchrun's environment (no torch, no process group)."""
+"""Which process of a job this is: read once from torchrun's environment (no torch, no process group), or from an
+Indexed Job's (JOB_COMPLETION_INDEX, set by Kubernetes or by the local backend, with WORKERS_ENV)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+WORKERS_ENV = "ZHLLAMA_WORKERS"
+"""How many workers an Indexed Job has (the chart and the local backend set it beside JOB_COMPLETION_INDEX)."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,10 @@ class Place:
 
     @classmethod
     def from_env(cls) -> Place:
+        if "JOB_COMPLETION_INDEX" in os.environ:
+            # An Indexed Job's worker: a pod of its own, rank 0 speaks for the job.
+            index = int(os.environ["JOB_COMPLETION_INDEX"])
+            return cls(rank=index, world_size=int(os.environ.get(WORKERS_ENV, "1")), node_rank=index)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

@@ -176,6 +176,22 @@ class ArtifactStore(ABC):
                     self._download(key, manifest, cached, progress)
         return cached
 
+    def fetch_file(self, key: str, rel: str, meta: dict[str, Any]) -> Path:
+        """A verified local copy of one file `rel` of the artifact `key` (`meta`: its manifest entry), in the node
+        cache by its sha256: a reader of a few shards of a big dataset downloads just those, once per node."""
+        cached = local_cache_dir("files") / meta["sha256"]
+        if not cached.exists():
+            with node_lock(str(cached)):
+                if not cached.exists():
+                    staging = cached.with_name(f".fetch-{os.getpid()}-{cached.name}")
+                    try:
+                        self._get_file(join_key(key, rel), staging, progress=False)
+                        check_file(staging, meta, self.uri(join_key(key, rel)))
+                        os.replace(staging, cached)
+                    finally:
+                        staging.unlink(missing_ok=True)
+        return cached
+
     def fetch_objects(self, key: str) -> Path:
         """A local copy of plain objects (no manifest): the object `key`, or the directory of those under it.
 

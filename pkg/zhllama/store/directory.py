@@ -149,6 +149,14 @@ class DirStore(ArtifactStore):
         return self.path(key)
 
 
+    def fetch_file(self, key: str, rel: str, meta: dict[str, Any]) -> Path:
+        """The file itself, its size checked (a local store needs no copy; fetch_dir checks every byte)."""
+        path = self.path(join_key(key, rel))
+        if not path.is_file() or path.stat().st_size != meta["size"]:
+            check_file(path, meta, self.uri(join_key(key, rel)))
+        return path
+
+
 def _version(path: Path) -> str:
     stat = path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"

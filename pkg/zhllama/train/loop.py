@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from zhllama.data import collate, sample_indices
+from zhllama.data import collate
 from zhllama.errors import UserError
 from zhllama.models import copy_tokenizer_files
 from zhllama.spec import TrainSpec
@@ -119,7 +119,7 @@ def train_step(s: TrainSetup, samples: int) -> StepOutcome:
         # Each micro-step's samples are split between the ranks in rank order: the ranks read disjoint slices, and
         # the global position alone fixes which (a resumed run reads exactly what the killed one would have).
         start = samples + (micro * env.place.world_size + env.place.rank) * spec.micro_batch_size
-        indices = sample_indices(len(s.data), spec.seed, start, spec.micro_batch_size)
+        indices = s.data.indices(spec.seed, start, spec.micro_batch_size)
         batch = collate([s.data[i] for i in indices], s.pad_id)
         batch_crc = zlib.crc32(np.asarray(indices, dtype=np.int64).tobytes(), batch_crc)
         tokens += int(batch["attention_mask"].sum())

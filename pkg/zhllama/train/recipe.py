@@ -129,7 +129,7 @@ def setup(ctx: RunContext) -> TrainSetup:
     if spec.stage == "pretrain":
         data, data_record = pretrain_dataset(ctx, tokenizer)
     else:
-        data, data_record = sft_dataset(list_data_files([ctx.input(uri) for uri in spec.data]), tokenizer, spec)
+        data, data_record = sft_dataset(list_data_files([ctx.input(s.uri) for s in spec.data]), tokenizer, spec)
     inputs = TrainInputs(
         base_model_dir=hf_model_dir(ctx, spec.base_model, field="base_model", timeout_s=spec.process_group_timeout_s),
         tokenizer=tokenizer_files,
