@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import BlockData, DocumentEncoder, blocks_of_files, list_data_files
 from zhllama.embedded.models import smollm2_gguf
 from zhllama.embedded.registry import package_file
 from zhllama.models.gguf import import_gguf
@@ -51,9 +51,8 @@ def base_model(kind: str, scratch: Path) -> Path:
 def blocks_for(model_dir: Path, corpus: Path, block_size: int, scratch: Path) -> BlockData:
     tokenizer = load_tokenizer(model_dir)
     out = scratch / f"blocks-{block_size}"
-    build_blocks(list_data_files([corpus]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, block_size, out,
-                 progress=False)
-    return BlockData(load_blocks(out))
+    encoder = DocumentEncoder(tokenizer.backend_tokenizer, tokenizer.eos_token_id)
+    return BlockData(blocks_of_files(list_data_files([corpus]), encoder, block_size, out))
 
 
 def spec_for(model_dir: Path, corpus: Path, args: argparse.Namespace, **values: Any) -> TrainSpec:
@@ -137,9 +136,8 @@ def init(args: argparse.Namespace) -> None:
         build_tokenizer(smollm2_gguf(), scratch / "zh", corpus=[scratch / "train.txt"],
                         heldout=[scratch / "heldout.txt"], vocab_size=args.chinese_pieces, parity_lines=50)
         tokenizer = load_tokenizer(scratch / "zh")
-        build_blocks([scratch / "heldout.txt"], tokenizer.backend_tokenizer, tokenizer.eos_token_id, 128,
-                     scratch / "blocks", progress=False)
-        data = BlockData(load_blocks(scratch / "blocks"))
+        encoder = DocumentEncoder(tokenizer.backend_tokenizer, tokenizer.eos_token_id)
+        data = BlockData(blocks_of_files([scratch / "heldout.txt"], encoder, 128, scratch / "blocks"))
         for method in ("subtoken_mean", "mean", "random"):
             spec = TrainSpec.model_validate({
                 "run_id": "bench", "base_model": f"file://{model_dir}", "tokenizer": f"file://{scratch / 'zh'}",

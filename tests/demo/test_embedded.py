@@ -10,9 +10,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zhllama.embedded import BUILDERS, materialize
+from zhllama.embedded.english import topic_paragraphs
 from zhllama.embedded.instructions import SEGMENTATION_INSTRUCTION, SENTIMENT_INSTRUCTION
 from zhllama.embedded.models import smollm2_gguf
-from zhllama.embedded.english import topic_paragraphs
 from zhllama.embedded.peoples_daily import parse_tagged_line
 from zhllama.errors import UserError
 from zhllama.prompts import alpaca_prompt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ import pytest
 from zhllama.pipeline import plan
 from zhllama.report import write_report
 from zhllama.run import run_key
-from zhllama.spec import PipelineSpec, StageSpec, resolve_spec
+from zhllama.spec import PipelineSpec, StageSpec, TrainSpec, resolve_spec
 from zhllama.store import ArtifactStore, DirStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HELDOUT = "embedded://peoples-daily-heldout-tiny"
+ENGLISH = "embedded://english-heldout-tiny"
 SENTIMENT, SEGMENTATION = "embedded://sentiment-heldout", "embedded://segmentation-heldout"
 PROMPT = "Below is an instruction.\n\n### Instruction:\n判断下面评论的情感倾向\n很好\n\n### Response:\n"
 
@@ -36,13 +38,26 @@ def finished(store: ArtifactStore, spec: StageSpec, seconds: int) -> None:
     })
 
 
-def eval_report(ppl: float, sentiment: float, f1: float, sample: str) -> dict[str, Any]:
+def ppl_record(characters: int, tokens: int, nll: float, language: str) -> dict[str, Any]:
+    """One held-out source as the eval stage writes it (PerplexityResult.as_dict and the language label)."""
+    return {"documents": 10, "characters": characters, "tokens": tokens, "nll": nll,
+            "ppl_per_char": math.exp(nll / characters), "ppl_per_token": math.exp(nll / tokens),
+            "tokens_per_char": tokens / characters, "language": language}
+
+
+ENGLISH_NLL = {"eval-base": 1800.0, "eval-pretrain": 2100.0, "eval-sft": 2250.0}
+"""Summed NLL of the English held-out text per eval step: pretraining on Chinese makes English a little worse."""
+ENGLISH_TOKENS = {"eval-base": 900, "eval-pretrain": 905, "eval-sft": 905}
+
+
+def eval_report(ppl: float, sentiment: float, f1: float, sample: str, english_nll: float = 1800.0,
+                english_tokens: int = 900) -> dict[str, Any]:
     """report.json as the eval stage writes it (EvalReport.as_dict plus the tasks and samples keys)."""
     return {
         "model": "m", "adapters": [], "instruction_model": True,
-        "perplexity": {"window": 64, "stride": 32, "sources": {HELDOUT: {
-            "documents": 10, "characters": 2000, "tokens": 1500, "nll": 1500 * 1.0,
-            "ppl_per_char": ppl, "ppl_per_token": 2.7, "tokens_per_char": 0.75}}},
+        "perplexity": {"window": 64, "stride": 32, "sources": {
+            HELDOUT: {**ppl_record(2000, 1500, 1500 * 1.0, "zh"), "ppl_per_char": ppl},
+            ENGLISH: ppl_record(4000, english_tokens, english_nll, "en")}},
         "exams": [],
         "tasks": {
             SENTIMENT: {"metric": "accuracy", "score": sentiment, "examples": 20, "template": "alpaca",
@@ -86,6 +101,19 @@ TOKENIZER_REPORT = {
 }
 
 
+DATASET: dict[str, Any] = {
+    "format": "zhllama.tokens/v1", "block_size": 64, "dtype": "uint16", "eos_id": 2, "tokenizer": "abc",
+    "sources": [
+        {"uri": "embedded://peoples-daily-tiny", "weight": 0.9, "documents": 1500, "characters": 120000,
+         "tokens": 64000, "blocks": 990, "tokens_dropped": 40, "bad_records": 0, "first_bad": "", "files": 1,
+         "shards": [{"unit": "u1", "name": "shard-00000.bin", "blocks": 990, "meta": {}}]},
+        {"uri": "embedded://english-replay-tiny", "weight": 0.1, "documents": 300, "characters": 68902,
+         "tokens": 16000, "blocks": 248, "tokens_dropped": 8, "bad_records": 2, "first_bad": "x:3", "files": 1,
+         "shards": [{"unit": "u2", "name": "shard-00000.bin", "blocks": 248, "meta": {}}]},
+    ],
+}
+
+
 @pytest.fixture
 def pipeline(tmp_path: Path) -> tuple[DirStore, PipelineSpec, list[tuple[str, StageSpec]]]:
     """A finished tiny pipeline's outputs, in the formats the stages write."""
@@ -93,9 +121,11 @@ def pipeline(tmp_path: Path) -> tuple[DirStore, PipelineSpec, list[tuple[str, St
     spec = resolve_spec("pipeline", size="tiny", run_id="demo", values={"store": store.root_uri})
     assert isinstance(spec, PipelineSpec)
     steps = plan(spec)
-    evals = {"eval-base": eval_report(40.0, 0.10, 0.20, "base says ###\n```python\nprint(1)\n```"),
-             "eval-pretrain": eval_report(24.0, 0.30, 0.25, "pretrain says 北京"),
-             "eval-sft": eval_report(22.0, 0.85, 0.70, "北京是中国的首都。")}
+    samples = {"eval-base": "base says ###\n```python\nprint(1)\n```", "eval-pretrain": "pretrain says 北京",
+               "eval-sft": "北京是中国的首都。"}
+    evals = {step: eval_report(ppl, sentiment, f1, samples[step], ENGLISH_NLL[step], ENGLISH_TOKENS[step])
+             for step, ppl, sentiment, f1 in (("eval-base", 40.0, 0.10, 0.20), ("eval-pretrain", 24.0, 0.30, 0.25),
+                                              ("eval-sft", 22.0, 0.85, 0.70))}
     for index, (step, step_spec) in enumerate(steps):
         finished(store, step_spec, 30 + index)
         outputs = run_key(step_spec.run_id, "outputs")
@@ -108,6 +138,8 @@ def pipeline(tmp_path: Path) -> tuple[DirStore, PipelineSpec, list[tuple[str, St
             publish(store, run_key(step_spec.run_id, "metrics"),
                     {"metrics.jsonl": "".join(json.dumps(r) + "\n" for r in records)})
             publish(store, f"{outputs}/adapter", {"adapter_config.json": "{}"})
+        elif step == "prepare":
+            publish(store, f"{outputs}/dataset", {"dataset.json": json.dumps(DATASET)})
         elif step == "quantize":
             publish(store, f"{outputs}/gguf", {"report.json": json.dumps(QUANTIZE_REPORT)})
         elif step in evals:
@@ -152,6 +184,73 @@ def test_report_shows_every_stage_and_the_improvement(pipeline: tuple[DirStore, 
         assert f"]({figure})" in report
         assert (store.path("runs/demo/report") / figure).read_bytes().startswith(PNG_MAGIC)
     assert "| tokenizer | `demo-tokenizer` | Succeeded | 30 s |" in report
+
+
+def english_ppl(step: str) -> float:
+    return math.exp(ENGLISH_NLL[step] / ENGLISH_TOKENS[step])
+
+
+def test_report_shows_english_per_token_perplexity_beside_chinese(
+        pipeline: tuple[DirStore, PipelineSpec, list]) -> None:
+    store, spec, steps = pipeline
+    write_report(store, spec, steps)
+    report = read_report(store)
+    section = report.split("## Chinese and English before and after pretraining")[1].split("\n## ")[0]
+    print(section)
+    base, pretrained, sft = (english_ppl(step) for step in ("eval-base", "eval-pretrain", "eval-sft"))
+    rise = f"{100 * (pretrained / base - 1):+.1f}%"
+    assert ("| held-out text | language | perplexity | base model | after pretraining | after SFT | "
+            "pretraining changed it | tokens |") in section
+    # Chinese keeps its per-character numbers; English is per token, each model with its own token count.
+    assert "| peoples-daily-heldout-tiny | Chinese | per char | 40.000 | 24.000 | 22.000 | -40.0% | " \
+           "1500 / 1500 / 1500 |" in section
+    tokens = " / ".join(str(ENGLISH_TOKENS[step]) for step in ("eval-base", "eval-pretrain", "eval-sft"))
+    assert (f"| english-heldout-tiny | English | per token | {base:.3f} | {pretrained:.3f} | {sft:.3f} | {rise} | "
+            f"{tokens} |") in section
+    assert rise.startswith("+")
+    # The summary reads English per token too, and Chinese per character as before.
+    assert (f"- Per-token perplexity on english-heldout-tiny (English): base model {base:.2f} → after pretraining "
+            f"{pretrained:.2f} → after SFT {sft:.2f} ({rise} after pretraining).") in report
+    assert "Per-character perplexity on peoples-daily-heldout-tiny: base model 40.00" in report
+
+
+def test_report_shows_the_pretraining_mixture(pipeline: tuple[DirStore, PipelineSpec, list]) -> None:
+    store, spec, steps = pipeline
+    write_report(store, spec, steps)
+    report = read_report(store)
+    section = report.split("## Pretraining data")[1].split("\n## ")[0]
+    print(section)
+    assert "`run://demo-prepare/outputs/dataset`, blocks of 64 tokens" in section
+    total = sum(source["weight"] for source in DATASET["sources"])
+    for source in DATASET["sources"]:
+        assert (f"| `{source['uri']}` | {source['weight']:g} | {source['weight'] / total:.1%} | "
+                f"{source['documents']} | {source['tokens']} | {source['blocks']} | {source['bad_records']} |"
+                in section), source["uri"]
+    # Without the prepare step's dataset the section is left out, and the report says why in one line.
+    store.delete_prefix("runs/demo-prepare/outputs/dataset")
+    write_report(store, spec, steps)
+    report = read_report(store)
+    assert "## Pretraining data" not in report
+    assert "- prepare: " in report and "runs/demo-prepare/outputs/dataset is incomplete" in report
+
+
+def test_a_pretrain_step_without_a_dataset_shows_its_own_weights(tmp_path: Path) -> None:
+    store = DirStore(tmp_path / "store")
+    spec = resolve_spec("pipeline", size="tiny", run_id="demo", values={
+        "store": store.root_uri, "stages": ["tokenizer", "pretrain"]})
+    assert isinstance(spec, PipelineSpec)
+    planned = dict(plan(spec))
+    assert isinstance(planned["pretrain"], TrainSpec)
+    # Whatever the plan wires, this pretrain step tokenizes its own data (no prepared dataset).
+    pretrain = planned["pretrain"].model_copy(update={"dataset": None})
+    steps: list[tuple[str, StageSpec]] = [("tokenizer", planned["tokenizer"]), ("pretrain", pretrain)]
+    write_report(store, spec, steps)
+    report = read_report(store)
+    section = report.split("## Pretraining data")[1].split("\n## ")[0]
+    assert "The pretrain step's data (it tokenized the text itself" in section
+    total = sum(source.weight for source in pretrain.data)
+    for source in pretrain.data:
+        assert f"| `{source.uri}` | {source.weight:g} | {source.weight / total:.1%} | – | – | – | – |" in section
 
 
 def test_rebuilding_the_report_gives_the_same_bytes(pipeline: tuple[DirStore, PipelineSpec, list]) -> None:

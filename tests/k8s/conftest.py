@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from tests.k8s.apiserver import FakeApiServer
@@ -21,6 +22,21 @@ def apiserver() -> Iterator[FakeApiServer]:
     server = FakeApiServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def kubeconfig(apiserver: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kubeconfig whose current context is the in-test API server, as `kubectl config` would write it (for
+    `ctl` run in its own process: the kubernetes client reads KUBECONFIG when it is imported)."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": apiserver.url}}],
+        "users": [{"name": "test", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": NAMESPACE}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
 
 
 @pytest.fixture

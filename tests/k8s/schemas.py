@@ -94,7 +94,7 @@ def job_rules(job: dict[str, Any]) -> list[str]:
         errors.append(f"spec.maxFailedIndexes: Required value: must be specified when completions is above "
                       f"{MAX_INDEXED_PARALLELISM}")
     for name in ("backoffLimitPerIndex", "maxFailedIndexes"):
-        if not indexed and spec.get(name) is not None:
+        if mode in (None, "NonIndexed") and spec.get(name) is not None:
             errors.append(f"spec.{name}: Invalid value: {spec[name]}: requires indexed completion mode")
     if spec.get("maxFailedIndexes") is not None:
         if spec.get("backoffLimitPerIndex") is None:

@@ -24,8 +24,9 @@ from zhllama.spec import StageSpec, resolve_spec, spec_from_json
 from zhllama.spec.presets import deep_merge
 
 GOLDEN = Path(__file__).parent / "golden" / "pretrain-33b-48gpu.yaml"
+GOLDEN_PREPARE = Path(__file__).parent / "golden" / "prepare-33b-indexed.yaml"
 STORE = "s3://llm-runs/zh"
-STAGES = ("tokenizer", "pretrain", "sft", "merge", "quantize", "eval", "generate")
+STAGES = ("tokenizer", "prepare", "pretrain", "sft", "merge", "quantize", "eval", "generate")
 CLUSTER = {  # every cluster knob set at once
     "image": {"tag": "v1.2.3", "pullSecrets": ["regcred"]},
     "s3": {"endpoint": "https://minio.example:9000", "region": "us-west-2", "credentialsSecret": {"name": "s3-creds"}},
@@ -66,6 +67,8 @@ def _matrix() -> dict[str, dict[str, Any]]:
             "stage": "pretrain", "size": "33b", "sets": ["resources.nodes=6"],
             "cluster": {"backend": backend, **CLUSTER, "gang": gang}}
     points["eval-65b-cluster"] = {"stage": "eval", "size": "65b", "cluster": CLUSTER}
+    points["prepare-33b-cluster"] = {"stage": "prepare", "size": "33b", "cluster": {**CLUSTER, "gang": {
+        "mode": "kueue", "queue": "cpu-queue"}}}
     points["merge-7b-no-sa-no-shm"] = {"stage": "merge", "size": "7b", "cluster": {
         "serviceAccount": {"create": False}, "rbac": {"create": False}, "shm": {"enabled": False}}}
     return points
@@ -207,8 +210,8 @@ def test_processes_per_pod_come_from_the_spec_rule_in_python() -> None:
     spec = resolve_spec("pretrain", size="tiny", run_id="cpu2", values={"store": STORE},
                         sets=["resources.nodes=2", "resources.nproc_per_node=3"])
     launch = chart_values(spec)["launch"]
-    assert launch == {"distributed": True, "entrypoint": "/app/jobs/pretrain.py", "nodes": 2,
-                      "procsPerNode": spec.resources.procs_per_node}
+    assert launch == {"distributed": True, "indexed": False, "completions": 1, "entrypoint": "/app/jobs/pretrain.py",
+                      "nodes": 2, "procsPerNode": spec.resources.procs_per_node}
     job = next(obj for _, obj in render(chart_values(spec), release="cpu2", namespace="ml")
                if obj["kind"] == "PyTorchJob")
     assert job["spec"]["nprocPerNode"] == str(spec.resources.procs_per_node) == "3"
@@ -232,12 +235,27 @@ def test_golden_48_gpu_pretrain_and_ctl_dry_run_print_what_helm_template_renders
     assert memory_plan and all(line.startswith("# ") for line in memory_plan)
 
 
+def test_golden_prepare_33b_indexed_job_and_ctl_dry_run_print_what_helm_template_renders() -> None:
+    flags = ("prepare", "--size", "33b", "--run-id", "prep33", "--store", STORE)
+    run_values = helm_python.values_from_yaml(ctl("values", *flags))
+    assert run_values["launch"] == {"distributed": False, "indexed": True, "completions": 32,
+                                    "entrypoint": "/app/jobs/prepare.py", "nodes": 1, "procsPerNode": 1}
+    helm_text = to_yaml(helm_template(run_values, "prep33"))
+    if os.environ.get("ZHLLAMA_UPDATE_GOLDEN"):
+        GOLDEN_PREPARE.write_text(helm_text)
+    assert helm_text == GOLDEN_PREPARE.read_text(), "rendering changed: review, then ZHLLAMA_UPDATE_GOLDEN=1 pytest " \
+        "tests/k8s/test_chart.py -k golden"
+    assert ctl("submit", *flags, "-n", "ml", "--dry-run") == helm_text  # no memory plan: no GPUs
+    job = next(obj for _, obj in helm_template(run_values, "prep33") if obj["kind"] == "Job")
+    assert validation_errors(job) == []
+
+
 def test_ctl_values_prints_only_the_values_ctl_owns() -> None:
     text = ctl("values", "merge", "--size", "7b", "--run-id", "m7", "--store", STORE)
     assert text.startswith("# helm install m7 charts/zhllama -f")
     values = yaml.safe_load(text)
-    assert values["launch"] == {"distributed": False, "entrypoint": "/app/jobs/merge.py", "nodes": 1,
-                                "procsPerNode": 1}
+    assert values["launch"] == {"distributed": False, "indexed": False, "completions": 1,
+                                "entrypoint": "/app/jobs/merge.py", "nodes": 1, "procsPerNode": 1}
     assert values["spec"]["run_id"] == "m7" and values["spec"]["store"] == STORE
 
 

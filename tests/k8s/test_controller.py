@@ -239,7 +239,10 @@ def test_pipeline_submits_each_stage_after_the_last_succeeded(
     result = run_pipeline(spec, backend)
     assert result.state == "Succeeded"
     assert stored(apiserver, "jobs") == ["pipe-eval-base", "pipe-eval-pretrain", "pipe-eval-sft", "pipe-merge",
-                                          "pipe-quantize", "pipe-tokenizer"]
+                                          "pipe-prepare", "pipe-quantize", "pipe-tokenizer"]
+    prepare = apiserver.objects[("jobs", NAMESPACE, "pipe-prepare")]  # an Indexed Job, walked to Complete
+    assert prepare["spec"]["completionMode"] == "Indexed"
+    assert (prepare["spec"]["completions"], prepare["status"]["completedIndexes"]) == (2, "0,1")
     assert stored(apiserver, "pytorchjobs") == ["pipe-pretrain", "pipe-sft"]
     # Submitting again attaches to the finished runs: nothing is created twice.
     assert run_pipeline(spec, backend).state == "Succeeded"

@@ -7,29 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-
-from tests.k8s.apiserver import FakeApiServer
-from tests.k8s.conftest import NAMESPACE, spec_for
+from tests.k8s.conftest import spec_for
 from tests.k8s.operator import FakeOperator
 from zhllama.backends.kubernetes import KubernetesBackend
 from zhllama.run import read_record
 from zhllama.store import open_store
-
-
-@pytest.fixture
-def kubeconfig(apiserver: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A kubeconfig whose current context is the in-test API server, as `kubectl config` would write it."""
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": apiserver.url}}],
-        "users": [{"name": "test", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": NAMESPACE}}],
-    }))
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    return path
 
 
 def ctl(*args: str) -> str:

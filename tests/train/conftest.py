@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import BlockData, DocumentEncoder, blocks_of_files, list_data_files
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +25,5 @@ def blocks(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> B
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["zh_tokenizer"])
     out = tmp_path_factory.mktemp("blocks")
-    build_blocks(list_data_files([tiny["corpus"]]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, 32, out,
-                 progress=False)
-    return BlockData(load_blocks(out))
+    encoder = DocumentEncoder(tokenizer.backend_tokenizer, tokenizer.eos_token_id)
+    return BlockData(blocks_of_files(list_data_files([tiny["corpus"]]), encoder, 32, out))

@@ -59,7 +59,10 @@ def test_two_rank_zero3_pretrain_saves_a_gathered_adapter(tiny: dict[str, Path],
 def test_killed_run_resumes_with_the_same_losses_and_data_order(
     tiny: dict[str, Path], tmp_path: Path, zero_stage: int, nproc: int
 ) -> None:
-    values = {"max_steps": 30, "checkpoint_every": 4, "zero_stage": zero_stage}
+    # Two weighted sources: the mixed order must resume exactly too.
+    values = {"max_steps": 30, "checkpoint_every": 4, "zero_stage": zero_stage,
+              "data": [{"uri": f"file://{tiny['corpus']}", "weight": 0.7},
+                       {"uri": f"file://{tiny['small_corpus']}", "weight": 0.3}]}
     _ok(run_job(write_spec(tiny, tmp_path, "whole", **values), tmp_path, nproc))
     spec = write_spec(tiny, tmp_path, "killed", **values)
     store = DirStore(tmp_path / "store")
@@ -102,9 +105,9 @@ def test_an_empty_corpus_fails_in_one_line_and_caches_nothing(tiny: dict[str, Pa
     result = run_job(write_spec(tiny, tmp_path, "empty", data=[f"file://{empty}"]), tmp_path)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: data: the corpus") and "less than one block of 32" in last
+    assert last.startswith(f"error: data[0]: file://{empty} gives 0 tokens") and "less than one block of 32" in last
     store = DirStore(tmp_path / "store")
-    assert store.list_keys("cache/blocks") == [] and not store.exists("runs/empty/outputs")
+    assert store.list_keys("cache/datasets") == [] and not store.exists("runs/empty/outputs")
     status = store.read_json("runs/empty/status.json")
     assert status["state"] == "Failed" and status["reason"] == "InvalidInput"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from zhllama.data import BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import BlockData, DocumentEncoder, blocks_of_files, list_data_files
 from zhllama.errors import UserError
 from zhllama.spec import TrainSpec
 from zhllama.train import (
@@ -78,9 +78,8 @@ def test_new_rows_are_the_mean_of_their_base_subtokens(tiny: dict[str, Path]) ->
 
 def test_subtoken_mean_starts_lower_than_random(tiny: dict[str, Path], tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny["zh_tokenizer"])
-    build_blocks(list_data_files([tiny["corpus"]]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, 64,
-                 tmp_path / "blocks", progress=False)
-    blocks = BlockData(load_blocks(tmp_path / "blocks"))
+    encoder = DocumentEncoder(tokenizer.backend_tokenizer, tokenizer.eos_token_id)
+    blocks = BlockData(blocks_of_files(list_data_files([tiny["corpus"]]), encoder, 64, tmp_path / "blocks"))
     first_loss = {}
     for method in ("subtoken_mean", "mean", "random"):
         spec = _spec(tiny, init_new_rows=method, max_steps=1, micro_batch_size=16, block_size=64, zero_stage=0,

@@ -8,18 +8,18 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from tests.train.tiny import spec_for
-from zhllama.data import IGNORE_INDEX, BlockData, build_blocks, list_data_files, load_blocks
+from zhllama.data import IGNORE_INDEX, BlockData, DocumentEncoder, blocks_of_files, list_data_files
 from zhllama.prompts import alpaca_prompt
 from zhllama.train import sft_dataset, train
 
 
 def test_sft_masks_prompts_and_trains_on_base_plus_pretraining_adapter(tiny: dict[str, Path], tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny["zh_tokenizer"])
-    build_blocks(list_data_files([tiny["corpus"]]), tokenizer.backend_tokenizer, tokenizer.eos_token_id, 32,
-                 tmp_path / "blocks", progress=False)
+    encoder = DocumentEncoder(tokenizer.backend_tokenizer, tokenizer.eos_token_id)
+    blocks = blocks_of_files(list_data_files([tiny["corpus"]]), encoder, 32, tmp_path / "blocks")
     pretrain = spec_for(tiny, max_steps=3)
     train(pretrain, base_model_dir=tiny["base"], tokenizer_dir=tiny["zh_tokenizer"],
-          dataset=BlockData(load_blocks(tmp_path / "blocks")), output_dir=tmp_path / "pt", metrics_dir=tmp_path / "m")
+          dataset=BlockData(blocks), output_dir=tmp_path / "pt", metrics_dir=tmp_path / "m")
 
     spec = spec_for(tiny, stage="sft", data=[f"file://{tiny['sft']}"], block_size=200, max_steps=12, lr=3e-3,
                     base_adapters=[f"file://{tmp_path / 'pt'}"])

@@ -145,6 +145,8 @@ def _details(workload: Obj, pods: Sequence[Obj]) -> dict[str, str]:
         completions = (workload.get("spec") or {}).get("completions") or 0
         done = len(parse_indexes(status.get("completedIndexes"))) or int(status.get("succeeded") or 0)
         details["workers"] = f"{done}/{completions} done"
+        if status.get("failed"):  # its pods never restart in place: a retry is a new pod after a failed one
+            details["failedPods"] = str(status["failed"])
         if status.get("failedIndexes"):
             details["failedIndexes"] = str(status["failedIndexes"])
     if pods:
@@ -236,7 +238,9 @@ def indexed_failure(condition: Obj, workload: Obj, pods: Sequence[Obj]) -> tuple
     if not failed:
         return failure_reason(condition, pods)
     first = failed[0]
-    reason, message = failure_reason(condition, [p for p in pods if completion_index(p) == first])
+    attempts = [p for p in pods if completion_index(p) == first]  # oldest first: its last retry says most
+    reason, message = failure_reason(condition, attempts[-1:] if last_termination(attempts[-1:])[0] else attempts)
     completions = (workload.get("spec") or {}).get("completions")
-    others = f"; indexes {','.join(map(str, failed[1:]))} failed too" if len(failed) > 1 else ""
+    rest = failed[1:]
+    others = f"; index{'es' if len(rest) > 1 else ''} {','.join(map(str, rest))} failed too" if rest else ""
     return reason, f"index {first} of {completions} failed: {message}{others}"

@@ -37,10 +37,12 @@ def run_workers(workers: int, command: list[str]) -> int:
         processes.append(process)
         relays.append(relay)
     failed: int | None = None
-    while failed is None and any(p.poll() is None for p in processes):
-        failed = next((i for i, p in enumerate(processes) if p.returncode not in (None, 0)), None)
+    while failed is None:
+        codes = [p.poll() for p in processes]  # every one polled: a dead worker is seen while the others run
+        failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+        if all(code == 0 for code in codes):
+            break
         time.sleep(0.2)
-    failed = failed if failed is not None else next((i for i, p in enumerate(processes) if p.returncode), None)
     if failed is not None:
         code = processes[failed].returncode
         print(f"[launcher] worker {failed} exited with {code}; stopping the others", flush=True)

@@ -14,7 +14,7 @@ It is published after every unit it lists, so a complete dataset means complete 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+from zhllama.data.corpus import iter_documents
 from zhllama.errors import UserError
 
 UNIT_FILE = "unit.json"
@@ -195,6 +196,21 @@ def read_dataset_index(directory: Path) -> DatasetIndex:
         for s in data["sources"]
     )
     return DatasetIndex(int(data["block_size"]), data["dtype"], int(data["eos_id"]), data["tokenizer"], sources)
+
+
+def blocks_of_files(files: Sequence[Path], encoder: Encoder, block_size: int, out_dir: Path) -> np.ndarray:
+    """`files` tokenized as one unit in `out_dir`, and its blocks: benchmarks and tests that train on a small
+    corpus in memory, tokenized exactly as `prepare` does it."""
+    write_unit((doc for file in files for doc in iter_documents(file)), encoder, block_size, 1 << 40, out_dir,
+               UnitStats())
+    return read_unit_blocks(out_dir, encoder.dtype, block_size)
+
+
+def read_unit_blocks(unit_dir: Path, dtype: str, block_size: int) -> np.ndarray:
+    """Every block of a local unit directory, in order (benchmarks and tests hold small corpora in memory)."""
+    stats = UnitStats(**json.loads((unit_dir / UNIT_FILE).read_text(encoding="utf-8")))
+    shards = [open_shard(unit_dir / shard["name"], dtype, block_size) for shard in stats.shards]
+    return np.concatenate(shards) if shards else np.empty((0, block_size), dtype=dtype)
 
 
 def open_shard(path: Path, dtype: str, block_size: int) -> np.ndarray:

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from zhllama.data.corpus import iter_documents
 from zhllama.data.encode import DocumentEncoder
 from zhllama.data.shards import FORMAT, UnitStats, write_unit
 from zhllama.prepare.sources import CorpusFile
-from zhllama.records import JSON_LINES_SUFFIXES, LineError, read_json_lines, read_lines, string_fields
+from zhllama.records import LineError
 from zhllama.store import ArtifactStore
 
 UNITS_PREFIX = "cache/tokens"
@@ -44,27 +45,15 @@ class Tokenization:
 
 
 def documents(path: Path, name: str, stats: UnitStats, skip_bad: bool) -> Iterator[str]:
-    """A file's documents: each non-blank line of a text file, the `text` of each JSONL record. A malformed
-    record fails the unit with its file:line, or is counted in `stats` with `skip_bad`."""
+    """A file's documents; a malformed record fails the unit with its file:line, or is counted in `stats`."""
 
     def bad(error: LineError) -> None:
         if not skip_bad:
             raise LineError(error.where, error.problem, f"{error.fix}, or set skip_bad_records")
         stats.bad_records += 1
-        stats.first_bad = stats.first_bad or f"{name}: {error.where.rsplit(':', 1)[-1]}: {error.problem}"
+        stats.first_bad = stats.first_bad or f"{name}:{error.where.rsplit(':', 1)[-1]}: {error.problem}"
 
-    if path.suffix not in JSON_LINES_SUFFIXES:
-        for _, text in read_lines(path):
-            yield text.strip()
-        return
-    for where, record in read_json_lines(path, skip_bad=bad):
-        try:
-            (text,) = string_fields(record, where, "text")
-        except LineError as error:
-            bad(error)
-            continue
-        if text.strip():
-            yield text
+    return iter_documents(path, bad)
 
 
 _encoders: dict[str, DocumentEncoder] = {}

@@ -1,8 +1,9 @@
 """The run report of a finished pipeline: runs/<pipeline-id>/report/ (report.md and its PNG figures).
 
-It answers one question: did the model get better at Chinese? Tokens per character of the two vocabularies,
-the training curves, held-out per-character perplexity before and after pretraining and SFT, held-out task
-scores of the base and the tuned model with the exact prompt, the quantization table, and sample generations.
+It answers one question: did the model get better at Chinese (and how much English did it keep)? Tokens per
+character of the two vocabularies, the pretraining data mixture, the training curves, held-out Chinese
+per-character and English per-token perplexity before and after pretraining and SFT, held-out task scores of
+the base and the tuned model with the exact prompt, the quantization table, and sample generations.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from zhllama.report.collect import PipelineResults, collect
 from zhllama.report.markdown import (
+    languages_section,
+    mixture_section,
     perplexity_section,
     quantize_section,
     samples_section,
@@ -39,9 +42,13 @@ def render(pipeline: PipelineSpec, results: PipelineResults, out_dir: Path) -> s
         lines += ["## Summary", "", *headline, ""]
     if results.tokenizer:
         lines += tokenizer_section(results.tokenizer) + [""]
+    mixture = mixture_section(results)
+    if mixture:
+        lines += mixture + [""]
     if results.training:
         lines += training_section(results.training, out_dir) + [""]
     if results.evals:
+        lines += languages_section(results)
         lines += perplexity_section(results, out_dir)
         lines += tasks_section(results, out_dir)
     if results.quantize:

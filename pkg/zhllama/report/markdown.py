@@ -13,6 +13,10 @@ from zhllama.report.collect import PipelineResults
 BEFORE, AFTER = "base", "sft"
 """The models compared in the task and sample sections: the base and the instruction-tuned model."""
 MODEL_NAMES = {"base": "base model", "pretrain": "after pretraining", "sft": "after SFT"}
+LANGUAGE_NAMES = {"zh": "Chinese", "en": "English", "other": "other"}
+PER_TOKEN_LANGUAGES = frozenset({"en"})
+"""Held-out text read per token: English, which both vocabularies cut (nearly) alike. Chinese stays per character
+(the extended vocabulary halves its tokens, so per-token numbers would not compare)."""
 
 
 def model_name(label: str) -> str:
@@ -51,6 +55,23 @@ def perplexities(results: PipelineResults) -> dict[str, dict[str, dict[str, Any]
     return table
 
 
+def language(source: str, record: dict[str, Any]) -> str:
+    """The eval's label for the text (zh, en, other); reports from before the label: English by its URI, else ""."""
+    label = record.get("language")
+    if isinstance(label, str):
+        return label
+    return "en" if "english" in source.lower() else ""
+
+
+def source_language(source: str, by_model: dict[str, dict[str, Any]]) -> str:
+    return next((language(source, record) for record in by_model.values()), "")
+
+
+def ppl_key(lang: str) -> str:
+    """The record field the report reads for text of this language."""
+    return "ppl_per_token" if lang in PER_TOKEN_LANGUAGES else "ppl_per_char"
+
+
 def task_scores(results: PipelineResults) -> dict[str, dict[str, dict[str, Any]]]:
     """Task URI -> model label -> score_task result."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -67,8 +88,12 @@ def summary(results: PipelineResults) -> list[str]:
         lines.append(f"- Tokens per Chinese character on held-out text: {tpc['base']:.3f} (base) → "
                      f"{tpc['extended']:.3f} (extended vocabulary), {tpc['base'] / tpc['extended']:.2f}× fewer.")
     for source, by_model in perplexities(results).items():
-        steps = [f"{model_name(label)} {record['ppl_per_char']:.2f}" for label, record in by_model.items()]
-        lines.append(f"- Per-character perplexity on {task_name(source)}: " + " → ".join(steps) + _ppl_change(by_model))
+        lang = source_language(source, by_model)
+        key = ppl_key(lang)
+        steps = [f"{model_name(label)} {record[key]:.2f}" for label, record in by_model.items()]
+        what = "Per-token perplexity" if key == "ppl_per_token" else "Per-character perplexity"
+        named = f" ({LANGUAGE_NAMES[lang]})" if lang in PER_TOKEN_LANGUAGES else ""
+        lines.append(f"- {what} on {task_name(source)}{named}: " + " → ".join(steps) + _ppl_change(by_model, key))
     for uri, by_model in task_scores(results).items():
         if BEFORE in by_model and AFTER in by_model:
             before, after = by_model[BEFORE]["score"], by_model[AFTER]["score"]
@@ -78,9 +103,9 @@ def summary(results: PipelineResults) -> list[str]:
     return lines
 
 
-def _ppl_change(by_model: dict[str, dict[str, Any]]) -> str:
+def _ppl_change(by_model: dict[str, dict[str, Any]], key: str = "ppl_per_char") -> str:
     if BEFORE in by_model and "pretrain" in by_model:
-        base, pretrained = by_model[BEFORE]["ppl_per_char"], by_model["pretrain"]["ppl_per_char"]
+        base, pretrained = by_model[BEFORE][key], by_model["pretrain"][key]
         return f" ({change(base, pretrained)} after pretraining)."
     return "."
 
@@ -129,6 +154,66 @@ def perplexity_section(results: PipelineResults, out_dir: Path) -> list[str]:
                          f"{record['tokens_per_char']:.3f} | {record['ppl_per_char']:.3f} | {versus} |")
         lines += ["", f"![perplexity]({figure})", ""]
     return lines
+
+
+def languages_section(results: PipelineResults) -> list[str]:
+    """Chinese and English held-out text side by side, for every model: did pretraining on Chinese cost English?"""
+    table = perplexities(results)
+    if not any(source_language(source, by_model) in PER_TOKEN_LANGUAGES for source, by_model in table.items()):
+        return []  # Chinese alone: the per-character section below says it all
+    labels = [label for label in [*MODEL_NAMES, *results.evals] if label in results.evals]
+    labels = list(dict.fromkeys(labels))
+    lines = ["## Chinese and English before and after pretraining", "",
+             "Chinese per character (comparable across the two vocabularies); English per token, each model with "
+             "its own tokenizer (the extension adds Chinese pieces, so English is cut nearly alike: the tokens "
+             "column shows each model's count). Lower is better; English rising after pretraining is what "
+             "training on Chinese made the model forget, and what the English replay in the data is for.", "",
+             "| held-out text | language | perplexity | " + " | ".join(model_name(label) for label in labels)
+             + " | pretraining changed it | tokens |",
+             "|---|---|---|" + "---:|" * len(labels) + "---:|---|"]
+    for source, by_model in table.items():
+        lang = source_language(source, by_model)
+        key = ppl_key(lang)
+        cells = [f"{by_model[label][key]:.3f}" if label in by_model else "–" for label in labels]
+        pretrained = (change(by_model[BEFORE][key], by_model["pretrain"][key])
+                      if BEFORE in by_model and "pretrain" in by_model else "–")
+        tokens = " / ".join(str(by_model[label]["tokens"]) if label in by_model else "–" for label in labels)
+        lines.append(f"| {task_name(source)} | {LANGUAGE_NAMES.get(lang, '–')} | "
+                     f"{'per token' if key == 'ppl_per_token' else 'per char'} | " + " | ".join(cells)
+                     + f" | {pretrained} | {tokens} |")
+    return [*lines, ""]
+
+
+def mixture_section(results: PipelineResults) -> list[str]:
+    """The pretraining data: each source's weight, its share of the samples, and (prepared) its size."""
+    if results.dataset is not None:
+        sources = [s for s in results.dataset["sources"] if isinstance(s, dict)]
+        block_size = results.dataset.get("block_size")
+        where = (f"The prepare step's dataset (`{results.dataset_uri}`"
+                 + (f", blocks of {block_size} tokens" if block_size is not None else "") + ")")
+    elif results.pretrain_sources:
+        sources = results.pretrain_sources
+        where = "The pretrain step's data (it tokenized the text itself: no prepared dataset, so no counts)"
+    else:
+        return []
+    weights = [s.get("weight") for s in sources]
+    total = sum(w for w in weights if isinstance(w, (int, float)))
+    lines = ["## Pretraining data", "",
+             f"{where}. Each training sample is drawn from a source by its weight's share of the samples; a source "
+             "smaller than its share repeats.", "",
+             "| source | weight | share of samples | documents | tokens | blocks | bad records |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for source, weight in zip(sources, weights, strict=True):
+        share = f"{weight / total:.1%}" if isinstance(weight, (int, float)) and total > 0 else "–"
+        counts = [_count(source.get(name)) for name in ("documents", "tokens", "blocks", "bad_records")]
+        lines.append(f"| `{source.get('uri', '?')}` | {_count(weight)} | {share} | " + " | ".join(counts) + " |")
+    return lines
+
+
+def _count(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def tasks_section(results: PipelineResults, out_dir: Path) -> list[str]:

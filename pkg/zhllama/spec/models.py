@@ -177,8 +177,6 @@ class TrainSpec(StageSpec):
                                  "example once per epoch, so drop the weight")
             if self.dataset:
                 raise ValueError("dataset: SFT tokenizes its own examples; a prepared dataset is for pretrain")
-        elif not self.dataset and not self.data:
-            raise ValueError("data: no sources; give `data` (text to tokenize) or `dataset` (a prepare output)")
         return self
 
     def input_uris(self) -> dict[str, str | list[str]]:

@@ -60,6 +60,8 @@ def tokenized_data(ctx: RunContext, tokenizer: PreTrainedTokenizerBase, eos_id: 
     inputs are (tokenizer, corpus fingerprints, weights), so a second run reuses it without reading the corpus."""
     spec = ctx.spec
     assert isinstance(spec, TrainSpec)
+    if not spec.data:
+        raise UserError("data: no sources; give `data` (text to tokenize) or `dataset` (a prepare output)")
     shard_mb = PrepareSpec.model_fields["shard_mb"].default
     sources = [(source.uri, source.weight, ctx.fingerprint(source.uri)) for source in spec.data]
     made_of = json.dumps([tokenizer_fingerprint(tokenizer, eos_id), spec.block_size, shard_mb, sources])
