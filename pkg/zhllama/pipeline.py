@@ -44,14 +44,15 @@ def plan(spec: PipelineSpec) -> list[tuple[str, StageSpec]]:
     # the data mixture and block size the prepare step tokenizes.
     pretrain = resolve("pretrain", "pretrain", {"tokenizer": tokenizer})
     assert isinstance(pretrain, TrainSpec)
-    base_model = pretrain.base_model
+    base_model, mixture = pretrain.base_model, pretrain
     if "prepare" in spec.stages:
         pretrain = resolve("pretrain", "pretrain", {"tokenizer": tokenizer, "dataset": output("prepare", "dataset")})
+        assert isinstance(pretrain, TrainSpec)
     pt_adapter, sft_adapter = output("pretrain", "adapter"), output("sft", "adapter")
     wiring: dict[str, list[tuple[str, dict[str, Any]]]] = {
         "tokenizer": [("tokenizer", {})],
-        "prepare": [("prepare", {"tokenizer": tokenizer, "block_size": pretrain.block_size,
-                                 "data": [source.model_dump() for source in pretrain.data]})],
+        "prepare": [("prepare", {"tokenizer": tokenizer, "block_size": mixture.block_size,
+                                 "data": [source.model_dump() for source in mixture.data]})],
         "sft": [("sft", {"tokenizer": tokenizer, "base_model": base_model, "base_adapters": [pt_adapter]})],
         "merge": [("merge", {"base_model": base_model, "adapters": [pt_adapter, sft_adapter], "tokenizer": tokenizer})],
         "quantize": [("quantize", {"model": output("merge", "model")})],

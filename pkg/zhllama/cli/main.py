@@ -8,6 +8,7 @@ import sys
 import time
 
 import click
+from pydantic_core import to_jsonable_python
 
 from zhllama.cli.flags import (
     STAGES,
@@ -166,7 +167,7 @@ def explain(stage: str, size: str) -> None:
         shown = json.dumps(resolved.get(name), ensure_ascii=False)
         if not field.is_required():
             default = field.get_default(call_default_factory=True)
-            default = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+            default = to_jsonable_python(default)
             if default != resolved.get(name) and name not in ("run_id", "size"):
                 shown += f"  (preset {size}; default {json.dumps(default, ensure_ascii=False)})"
         click.echo(f"{name}: {shown}")
