@@ -54,7 +54,7 @@ def test_tiny_pipeline_writes_the_report_and_a_rerun_reuses_every_step(tmp_path:
         assert section in report, section
     assert "## Not available" not in report
     done = statuses(store, "e2e")
-    assert set(done) == {"tokenizer", "pretrain", "sft", "merge", "quantize", "eval-base", "eval-pretrain",
+    assert set(done) == {"tokenizer", "prepare", "pretrain", "sft", "merge", "quantize", "eval-base", "eval-pretrain",
                          "eval-sft"}
     assert all(status["state"] == "Succeeded" for status in done.values())
     evals = {step: store.read_json(f"runs/e2e-{step}/outputs/eval/report.json") for step in ("eval-base", "eval-sft")}
