@@ -3,6 +3,7 @@ eos, whichever backend encodes: tokenizer.json, or SentencePiece when the direct
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from zhllama.data.encode import VERIFY_FIRST, DocumentEncoder
+from zhllama.data.encode import CUT_CHARS, VERIFY_FIRST_CHARS, DocumentEncoder, _pieces
 from zhllama.embedded.peoples_daily import paragraph_texts, peoples_daily
 from zhllama.tokenizer import build_tokenizer
 from zhllama.tokenizer.parity import english_sample
@@ -28,8 +29,8 @@ def chinese() -> list[str]:
 def documents(chinese: list[str]) -> list[str]:
     """Held-out paragraphs plus what breaks encoders: empty, emoji, rare and unseen characters (byte fallback),
     whitespace runs, added tokens' text, a long line."""
-    odd = ["", "", " ", "  两个  空格 ", "😀👍🏽🇨🇳", "𠀀𪚥𰻝", "é e\u0301 ｆｕｌｌ", "tab\tand\nnewline\r\n", "123 4567.89",
-           "<s>文中的</s>特殊符号<unk>", "[PAD]", "<|endoftext|>结尾", "Ǳ ß ﬁ \u200b\u00a0"]
+    odd = ["", "", " ", "  两个  空格 ", "😀👍🏽🇨🇳", "𠀀𪚥𰻝", "é e\u0301 ｆｕｌｌ", "tab\tand\nnewline\r\n",
+           "123 4567.89", "<s>文中的</s>特殊符号<unk>", "[PAD]", "<|endoftext|>结尾", "Ǳ ß ﬁ \u200b\u00a0"]
     long = "".join(chinese[TRAIN_LINES:TRAIN_LINES + 120])
     return [*chinese[TRAIN_LINES:], *odd, long, *english_sample()[:200]]
 
@@ -58,12 +59,13 @@ def bytelevel_dir(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Pat
     base.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     base.decoder = decoders.ByteLevel()
-    base.train_from_iterator(english_sample(), trainer=trainers.BpeTrainer(
+    # Chinese punctuation runs in the base's merges, as in SmolLM2's: cutting inside one would change ids.
+    base.train_from_iterator(english_sample() + ["“引号。”！！……。）？ ，12：“"] * 3000, trainer=trainers.BpeTrainer(
         vocab_size=600, special_tokens=["<|endoftext|>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     directory = tmp_path_factory.mktemp("bytelevel")
     base.save(str(directory / "base.json"))
-    build_tokenizer(directory / "base.json", directory / "out", corpus=[corpus], heldout_lines=50, vocab_size=1500,
+    build_tokenizer(directory / "base.json", directory / "out", corpus=[corpus], heldout_lines=50, vocab_size=3000,
                     num_threads=1)
     return directory / "out"
 
@@ -79,7 +81,7 @@ def sentencepiece_dir(tmp_path_factory: pytest.TempPathFactory, corpus: Path) ->
         input=str(english), model_prefix=str(directory / "base"), vocab_size=400, model_type="bpe",
         byte_fallback=True, split_digits=True, normalization_rule_name="identity", character_coverage=1.0,
         remove_extra_whitespaces=False, minloglevel=2, num_threads=1, max_sentence_length=1 << 16)
-    build_tokenizer(directory / "base.model", directory / "out", corpus=[corpus], heldout_lines=50, vocab_size=1500,
+    build_tokenizer(directory / "base.model", directory / "out", corpus=[corpus], heldout_lines=50, vocab_size=3000,
                     num_threads=1)
     return directory / "out"
 
@@ -92,11 +94,27 @@ def test_bytelevel_bpe_ids_are_encode_batch_ids(bytelevel_dir: Path, documents: 
     assert encoded(encoder, documents, batch=len(documents)) == expected(tokenizer, documents, 0)
 
 
+def test_long_bytelevel_documents_are_cut_without_changing_an_id(bytelevel_dir: Path, chinese: list[str]) -> None:
+    """Cut points right before or after what the pre-tokenizer joins: quotes, spaces, digits, emoji, contractions,
+    newlines, punctuation runs; and a long document holding an added token (never cut)."""
+    tokenizer = Tokenizer.from_file(str(bytelevel_dir / "tokenizer.json"))
+    encoder = DocumentEncoder.from_dir(bytelevel_dir, eos_id=0)
+    assert encoder._cuts
+    rng = random.Random(0)
+    joints = ["。", "，", "。”", "！！", "？ ", "、1", "。😀", "。a", "，'s",
+              "。\n", "；\t", "：‘", "。 ", "，12", "。..."]
+    words = [w for text in chinese[:200] for w in text.split("。") if w]
+    long = ["".join(rng.choice(words) + rng.choice(joints) for _ in range(n)) for n in (40, 150, 400)]
+    long += ["<|endoftext|>".join(long[:2]), " ".join(english_sample()[:60]), "。" * 3000 + "中" * 3000]
+    assert all(len(text) > CUT_CHARS for text in long) and len(_pieces(long[2])) > 5
+    assert encoded(encoder, long, batch=2) == expected(tokenizer, long, 0)
+
+
 def test_sentencepiece_ids_are_encode_batch_ids(sentencepiece_dir: Path, documents: list[str]) -> None:
     tokenizer = Tokenizer.from_file(str(sentencepiece_dir / "tokenizer.json"))
     encoder = DocumentEncoder.from_dir(sentencepiece_dir, eos_id=2)
     assert encoder.backend == "sentencepiece", encoder.fallback
-    stream = documents * (VERIFY_FIRST // len(documents) + 2)  # past the verified start: sampled checks only
+    stream = documents * (VERIFY_FIRST_CHARS // sum(map(len, documents)) + 2)  # past the verified start
     assert encoded(encoder, stream) == expected(tokenizer, stream, 2)
     assert encoder.backend == "sentencepiece" and encoder.fallback is None
     checks = encoder.describe()["checks"]
@@ -138,7 +156,7 @@ def test_a_mismatch_on_a_document_switches_to_tokenizer_json_from_that_batch(
     assert encoder.backend == "tokenizers" and "Python" in (encoder.fallback or "")
 
 
-def test_dtype_holds_every_id_and_eos(bytelevel_dir: Path) -> None:
+def test_dtype_holds_every_id_and_eos() -> None:
     small = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
     assert DocumentEncoder(small, 65535).dtype == "uint16"
     assert DocumentEncoder(small, 65536).dtype == "uint32"

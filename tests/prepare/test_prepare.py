@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from zhllama.prepare import run_prepare
 from zhllama.run import RunContext
 from zhllama.run.process import Place
 from zhllama.spec import PrepareSpec, resolve_spec
-from zhllama.store import DirStore
+from zhllama.store import DirStore, open_store
 
 
 @pytest.fixture
@@ -123,3 +124,24 @@ def test_an_empty_source_and_a_bad_weight_name_their_entry(
         spec_of(tiny, tmp_path, "e3", [ok, {"uri": ok, "weight": -1}, {"uri": ok, "weight": 0}])
     assert [line.split(":")[0] for line in str(err.value).splitlines()[1:]] == ["  - data.1", "  - data.2"]
     assert "weight -1.0 must be > 0" in str(err.value)
+
+
+def test_training_streams_shards_from_s3_as_the_order_reaches_them_once_per_node(
+    tiny: dict[str, Path], corpus: dict[str, Path], tmp_path: Path, s3_env: str
+) -> None:
+    data = [{"uri": f"file://{corpus['zh']}", "weight": 0.8}, {"uri": f"file://{corpus['en']}", "weight": 0.2}]
+    spec = spec_of(tiny, tmp_path, "s3prep", data, store=f"{s3_env}/stream", shard_mb=0.004)  # ~62 blocks a shard
+    ctx = RunContext(spec=spec, store=open_store(spec.store), workdir=tmp_path / "work", place=Place())
+    run_prepare(ctx)
+    index = read_dataset_index(ctx.store.fetch_dir("runs/s3prep/outputs/dataset"))
+    shards = sum(len(source.shards) for source in index.sources)
+    assert len(index.sources[0].shards) >= 6, shards
+    cached = Path(os.environ["ZHLLAMA_CACHE"]) / "files"
+    rank0, rank1 = ShardedBlocks(ctx.store, index, window=2), ShardedBlocks(ctx.store, index, window=2)
+    for position in range(0, 40, 2):  # two ranks of one node, reading alternate positions as the loop does
+        for rank, blocks in enumerate((rank0, rank1)):
+            (index_,) = blocks.indices(spec.seed, position + rank, 1)
+            assert np.array_equal(blocks[index_][0], rank0[index_][0])
+    # A window of 2 shards per source: the first 40 samples need at most 2 + 2 shards, fetched once for the node.
+    assert 2 <= len(list(cached.iterdir())) <= 4 < shards
+    assert rank0.shards_fetched <= 4 and rank1.shards_fetched <= 4

@@ -12,22 +12,33 @@ Why it is built this way (bench/prepare.py measures it, one process per core on 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 
 from zhllama.errors import UserError
 from zhllama.tokenizer.parity import ParityCheck, english_sample, sentencepiece_parity
 
-VERIFY_FIRST = 1024
-"""Documents of an encoder's first batches that SentencePiece must encode exactly like tokenizer.json..."""
+VERIFY_FIRST_CHARS = 100_000
+"""Characters of an encoder's first documents (~0.1 s of tokenizer.json) that SentencePiece must encode exactly
+like tokenizer.json..."""
 VERIFY_EVERY = 256
 """...and, after them, one document in this many (~1% more time), so text unlike the probes is checked too."""
+
+CUT_CHARS = 1024
+"""Byte-level BPE: a document longer than this is encoded in pieces of about this many characters (see _cuts)."""
+CUT_AFTER = re.compile("[\uff0c\u3002\u3001\uff1b\uff1a\uff1f\uff01](?=[\u4e00-\u9fa5])")
+r"""，。、；：？！ followed by a CJK ideograph of Unicode 1.1: a boundary of the GPT-2 pre-tokenizer regex, whatever
+comes before or after (the punctuation run `?[^\s\p{L}\p{N}]+` ends there, no lookahead or contraction crosses it,
+the regex never looks behind), so the pieces' ids are the document's. Both classes are stable across Unicode
+versions, so Python and Oniguruma agree on them."""
 
 PROBES = [
     "", " ", "  ", "a  b", " leading", "trailing ", "\t tab", "line\nbreak", "crlf\r\nend", "12345 67.8", "3.14",
@@ -43,7 +54,7 @@ class DocumentEncoder:
 
     With a SentencePiece model (the tokenizer.model of a SentencePiece-based tokenizer) the documents are encoded
     by SentencePiece, once it has matched tokenizer.json on PROBES and as long as it matches on the documents
-    checked (VERIFY_FIRST, VERIFY_EVERY); a mismatch switches this encoder to tokenizer.json for good, from the
+    checked (VERIFY_FIRST_CHARS, VERIFY_EVERY); a mismatch switches this encoder to tokenizer.json for good, from the
     batch where it was found. Documents holding an added token's text always go to tokenizer.json (it maps them to
     the added token's id, SentencePiece would spell them out).
     """
@@ -61,8 +72,10 @@ class DocumentEncoder:
             raise UserError(f"eos_id {eos_id}: must be an id between 0 and {np.iinfo(np.uint32).max}")
         self.dtype = "uint16" if max_id <= np.iinfo(np.uint16).max else "uint32"
         self._added = sorted({t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content})
+        self._cuts = _cuts_keep_ids(tokenizer)
         self._sentencepiece: spm.SentencePieceProcessor | None = None
         self._seen = 0
+        self._verified_chars = 0
         self.fallback: str | None = None
         """Why SentencePiece is not (or no longer) used, when one was given."""
         self.probe_check: ParityCheck | None = None
@@ -99,13 +112,28 @@ class DocumentEncoder:
         return self._flatten(ids)
 
     def _encode_tokenizers(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        long = [i for i, text in enumerate(texts) if len(text) > CUT_CHARS] if self._cuts else []
+        if long:
+            long = [i for i in long if i not in self._with_added_tokens([texts[i] for i in long], base=long)]
+        if not long:
+            return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        # Measured: a 10k-100k-character document costs ~1.3x more per character than 1k-character pieces of it;
+        # encode them as pieces cut where the pre-tokenizer cuts anyway.
+        cut = {i: _pieces(texts[i]) for i in long}
+        flat = [piece for i, text in enumerate(texts) for piece in cut.get(i, (text,))]
+        encodings = iter(self.tokenizer.encode_batch_fast(flat, add_special_tokens=False))
+        return [list(itertools.chain.from_iterable(next(encodings).ids for _ in cut[i])) if i in cut
+                else next(encodings).ids for i in range(len(texts))]
 
     def _encode_sentencepiece(self, texts: list[str]) -> list[list[int]]:
         assert self._sentencepiece is not None
         ids: list[list[int]] = self._sentencepiece.encode(texts, num_threads=1)
-        checked = set(range(min(len(texts), max(0, VERIFY_FIRST - self._seen))))
-        checked.update(range((-self._seen) % VERIFY_EVERY, len(texts), VERIFY_EVERY))
+        checked = set(range((-self._seen) % VERIFY_EVERY, len(texts), VERIFY_EVERY))
+        for index, text in enumerate(texts):
+            if self._verified_chars >= VERIFY_FIRST_CHARS:
+                break
+            checked.add(index)
+            self._verified_chars += len(text)
         special = self._with_added_tokens(texts)
         checked -= special
         redo = sorted(checked | special)
@@ -120,14 +148,16 @@ class DocumentEncoder:
             return self._encode_tokenizers(texts)
         return ids
 
-    def _with_added_tokens(self, texts: list[str]) -> set[int]:
-        """Indices of the texts holding an added token's content (one scan of all texts when none does)."""
+    def _with_added_tokens(self, texts: list[str], base: list[int] | None = None) -> set[int]:
+        """Indices (in `base`, when given) of the texts holding an added token's content (one scan of all texts
+        when none does)."""
         if not self._added:
             return set()
         joined = "\0".join(texts)
         if not any(token in joined for token in self._added):
             return set()
-        return {i for i, text in enumerate(texts) if any(token in text for token in self._added)}
+        found = [i for i, text in enumerate(texts) if any(token in text for token in self._added)]
+        return set(found if base is None else (base[i] for i in found))
 
     def _flatten(self, ids: list[list[int]]) -> np.ndarray:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
@@ -155,3 +185,30 @@ class DocumentEncoder:
                              f" probes (first: {check.examples[0]['text'][:60]!r})")
             return None
         return processor
+
+
+def _cuts_keep_ids(tokenizer: Tokenizer) -> bool:
+    """Whether cutting at CUT_AFTER keeps the ids: no normalizer, GPT-2's byte-level pre-tokenizer (after digit
+    splitting or not) without a prefix space, a deterministic BPE, no truncation or padding. Documents holding an
+    added token's text are never cut."""
+    if tokenizer.normalizer is not None or tokenizer.pre_tokenizer is None:
+        return False
+    if tokenizer.truncation is not None or tokenizer.padding is not None:
+        return False
+    if not isinstance(tokenizer.model, models.BPE) or tokenizer.model.dropout:
+        return False
+    state = json.loads(tokenizer.pre_tokenizer.__getstate__())
+    steps = state["pretokenizers"] if state.get("type") == "Sequence" else [state]
+    *before, last = steps or [{}]
+    return (all(step.get("type") == "Digits" for step in before) and last.get("type") == "ByteLevel"
+            and last.get("add_prefix_space") is False and last.get("use_regex") is True)
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` cut after the first CUT_AFTER boundary past every CUT_CHARS characters."""
+    pieces, start = [], 0
+    while len(text) - start > CUT_CHARS and (boundary := CUT_AFTER.search(text, start + CUT_CHARS)):
+        pieces.append(text[start:boundary.end()])
+        start = boundary.end()
+    pieces.append(text[start:])
+    return pieces

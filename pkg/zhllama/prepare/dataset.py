@@ -30,13 +30,13 @@ def eos_of(tokenizer: PreTrainedTokenizerBase, uri: str) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def tokenization_for(tokenizer_path: Path, uri: str, scratch: Path, *, block_size: int, shard_mb: int,
+def tokenization_for(tokenizer_path: Path, uri: str, scratch: Path, *, block_size: int, shard_mb: float,
                      skip_bad_records: bool) -> Tokenization:
     directory = tokenizer_directory(tokenizer_path, scratch)
     tokenizer = load_tokenizer(directory)
     eos_id = eos_of(tokenizer, uri)
     return Tokenization(directory, eos_id, tokenizer_fingerprint(tokenizer, eos_id), block_size,
-                        shard_mb * 1_000_000, skip_bad_records)
+                        int(shard_mb * 1_000_000), skip_bad_records)
 
 
 def build_index(store: ArtifactStore, sources: list[DataSource], files: list[CorpusFile],

@@ -51,7 +51,7 @@ class PrepareSpec(StageSpec):
     """Parallel workers: the pods of an Indexed Job on Kubernetes (completions = parallelism), processes under
     --local. Files are dealt to workers by size; each file is tokenized once and kept under a key of its content,
     so a re-run redoes only the files that are missing or changed."""
-    shard_mb: int = Field(128, ge=1, le=4096)
+    shard_mb: float = Field(128, gt=0, le=4096)
     """Largest shard file of token ids, in MB (64-256 streams well); a file's tokens fill as many as it needs."""
     skip_bad_records: bool = False
     """Count malformed JSONL records in the dataset's report instead of failing on the first."""
