@@ -11,11 +11,13 @@ Ordering rules:
 from __future__ import annotations
 
 from zhllama.data.shards import write_dataset_index
+from zhllama.errors import UserError
 from zhllama.models.once import wait_for
 from zhllama.prepare.dataset import build_index, tokenization_for
 from zhllama.prepare.sources import corpus_files, deal
 from zhllama.prepare.units import prepare_units
 from zhllama.run import RunContext
+from zhllama.run.process import WORKERS_ENV
 from zhllama.spec import PrepareSpec
 
 
@@ -23,6 +25,9 @@ def run_prepare(ctx: RunContext) -> None:
     spec = ctx.spec
     assert isinstance(spec, PrepareSpec)
     worker, workers = ctx.place.rank, ctx.place.world_size
+    if worker >= workers:
+        raise UserError(f"worker index {worker} (JOB_COMPLETION_INDEX) is not below the {workers} workers "
+                        f"({WORKERS_ENV}); set {WORKERS_ENV} to the Job's completions")
     tokenization = tokenization_for(ctx.input(spec.tokenizer), spec.tokenizer, ctx.workdir, block_size=spec.block_size,
                                     shard_mb=spec.shard_mb, skip_bad_records=spec.skip_bad_records)
     files = corpus_files(spec.data, ctx.store)  # rule 1
