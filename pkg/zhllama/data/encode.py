@@ -1,12 +1,13 @@
 """DocumentEncoder: documents -> one flat id array (each document's ids, then eos), ids exactly those of
 `tokenizer.encode_batch(texts, add_special_tokens=False)`.
 
-Why it is built this way (bench/prepare.py measures it, one process per core on People's Daily):
-- `encode_batch_fast`: the same ids without offsets, which a byte-level pre-tokenizer pays dearly for (~1.3x).
-- One thread (TOKENIZERS_PARALLELISM=false): with a worker process per core, rayon's threads only fight them.
-- SentencePiece itself for a tokenizer.model that passes a parity check here: ~2x the Rust BPE on Chinese.
-- Ids to numpy by np.fromiter + np.insert of the eos: ~1.6x a Python extend loop. Batch size, the BPE cache size
-  and cutting long lines changed nothing measurable (<5%), so they are left as they are.
+Why (measured by bench/prepare.py, one worker process per core, on People's Daily):
+- encode_batch_fast, not encode_batch: the same ids without offsets (1.0-1.2x byte-level BPE, 1.3-1.5x converted
+  SentencePiece). One thread: rayon's pool cost 6-75% more CPU a character, and a worker per core has none to lend.
+- SentencePiece itself when tokenizer.model passes a parity check here: ~2.5x tokenizer.json on Chinese.
+- Byte-level BPE: long documents in pieces cut where the pre-tokenizer cuts anyway (1.15x at 10k characters, 1.25x
+  at 100k). Its pre-tokenizer alone costs 0.45-0.65 us a character: under 2M chars/s per core, whatever is done here.
+- No gain (<5%), left as they are: batch size, BPE cache size; np.fromiter + np.insert saves 5-15 ns a character.
 """
 
 from __future__ import annotations
@@ -114,10 +115,11 @@ class DocumentEncoder:
     def _encode_tokenizers(self, texts: list[str]) -> list[list[int]]:
         long = [i for i, text in enumerate(texts) if len(text) > CUT_CHARS] if self._cuts else []
         if long:
-            long = [i for i in long if i not in self._with_added_tokens([texts[i] for i in long], base=long)]
+            holding = self._with_added_tokens([texts[i] for i in long], base=long)
+            long = [i for i in long if i not in holding]
         if not long:
             return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-        # Measured: a 10k-100k-character document costs ~1.3x more per character than 1k-character pieces of it;
+        # Measured: a 10k-100k-character document costs 1.15-1.25x more a character than ~1k-character pieces;
         # encode them as pieces cut where the pre-tokenizer cuts anyway.
         cut = {i: _pieces(texts[i]) for i in long}
         flat = [piece for i, text in enumerate(texts) for piece in cut.get(i, (text,))]
