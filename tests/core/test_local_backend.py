@@ -112,3 +112,15 @@ def test_cancelling_a_finished_run_changes_nothing(backend: LocalBackend) -> Non
     before = read_record(backend.store, "done")
     assert backend.cancel("done").state == "Succeeded"
     assert read_record(backend.store, "done") == before
+
+
+def test_a_run_of_the_same_id_in_another_store_does_not_show_the_first_ones_log(
+    backend: LocalBackend, tmp_path: Path
+) -> None:
+    backend.submit(spec(backend, "same-id"))
+    assert backend.wait("same-id").state == "Succeeded"
+    other = LocalBackend(f"file://{tmp_path / 'other-store'}", state_dir=backend.state_dir)
+    other.submit(tokenizer_spec(other.store.root_uri, "same-id"))
+    assert other.wait("same-id").state == "Succeeded"
+    lines = list(other.logs("same-id"))
+    assert sum("attempt 1:" in line for line in lines) == 1 and lines.count("done") == 1

@@ -111,7 +111,9 @@ class LocalBackend:
                     str(attempt), str(log_path)]
         wrapper = (f"{shlex.join(command)}; echo $? > {shlex.quote(str(run_dir / 'exit_code'))}; "
                    f"{shlex.join(save_log)}")
-        with open(log_path, "ab") as log:
+        # "wb": an attempt starts once, so a file already there is another store's run of the same id (the state
+        # directory is per machine); its lines must not read as this attempt's.
+        with open(log_path, "wb") as log:
             log.write(f"--- {now()} attempt {attempt}: {shlex.join(command)}\n".encode())
             log.flush()
             process = subprocess.Popen(
