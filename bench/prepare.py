@@ -182,12 +182,16 @@ def parallel(enabled: bool) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
 
 
-def causes(name: str, tokenizer_dir: Path, eos_id: int, sample: list[str], repeats: int) -> None:
-    characters = sum(map(len, sample))
+Variants = dict[str, tuple[Callable[[], object], bool]]
+"""label -> (one pass over the sample, with tokenizers' thread pool?)."""
+
+
+def cause_variants(tokenizer_dir: Path, eos_id: int, sample: list[str]) -> tuple[Variants, str]:
+    """Each step between the old path and DocumentEncoder as a pass over `sample`; and the encoder's backend."""
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     dtype = old_dtype(tokenizer)
     batched = [sample[i:i + DOCS_PER_BATCH] for i in range(0, len(sample), DOCS_PER_BATCH)]
-    variants: dict[str, tuple[Callable[[], object], bool]] = {}
+    variants: Variants = {}
 
     def variant(label: str, function: Callable[[], object], threads: bool = False) -> None:
         variants[label] = (function, threads)
@@ -230,7 +234,11 @@ def causes(name: str, tokenizer_dir: Path, eos_id: int, sample: list[str], repea
 
         processor = spm.SentencePieceProcessor(model_file=str(model))
         variant("sentencepiece_encode", lambda: [processor.encode(b, num_threads=1) for b in batched])
-    # Round robin, best of `repeats`: a neighbour's load hits every variant alike.
+    return variants, encoder.backend
+
+
+def best_cpu_seconds(variants: Variants, repeats: int) -> dict[str, float]:
+    """Round robin, best of `repeats`: a neighbour's load hits every variant alike."""
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeats):
         for label, (function, threads) in variants.items():
@@ -239,7 +247,13 @@ def causes(name: str, tokenizer_dir: Path, eos_id: int, sample: list[str], repea
             function()
             best[label] = min(best[label], time.process_time() - started)
     parallel(False)
-    figures = {label: characters / seconds for label, seconds in best.items()}
+    return best
+
+
+def causes(name: str, tokenizer_dir: Path, eos_id: int, sample: list[str], repeats: int) -> None:
+    variants, backend = cause_variants(tokenizer_dir, eos_id, sample)
+    characters = sum(map(len, sample))
+    figures = {label: characters / seconds for label, seconds in best_cpu_seconds(variants, repeats).items()}
     where = {"unit": "chars per CPU second", "sample_chars": characters, "docs_per_call": DOCS_PER_BATCH,
              "best_of": repeats}
     notes = {
@@ -251,7 +265,7 @@ def causes(name: str, tokenizer_dir: Path, eos_id: int, sample: list[str], repea
                               "tokenizer.json whatever the model costs",
         "ids_to_numpy_extend": "Encoding.ids lists -> one array with eos (old way), conversion alone",
         "ids_to_numpy_fromiter_insert": "the same, as DocumentEncoder does it",
-        "new": f"DocumentEncoder ({encoder.backend}), steady state: with SentencePiece, past the first "
+        "new": f"DocumentEncoder ({backend}), steady state: with SentencePiece, past the first "
                f"{VERIFY_FIRST_CHARS} characters it checks against tokenizer.json, one document in {VERIFY_EVERY} "
                "still is",
         "sentencepiece_encode": "SentencePiece alone, one thread",
@@ -343,52 +357,64 @@ def measure(args: argparse.Namespace, scratch: Path) -> None:
 
     for name, directory in tokenizers(scratch, corpus).items():
         eos_id = eos_of(directory)
-        jobs = [(path, "paragraphs", files) for path in ("old", "old_threads", "new")]
-        jobs += [(path, "long", long_files) for path in ("old", "new")]
-        best = run_workers(directory, eos_id, [jobs], args.rounds, scratch)
-        runs = {path: best[(path, "paragraphs")] for path in ("old", "old_threads", "new")}
-        long = {path: best[(path, "long")] for path in ("old", "new")}
-        digests = {path: run["sha256"][0] for path, run in runs.items()}
-        identical = len(set(digests.values())) == 1
-        for path, run in runs.items():
-            emit(f"worker.{name}.{path}", round(run["rate"]), unit="chars/s (wall, one process)",
-                 chars_per_cpu_second=round(run["cpu_rate"]), cores_used=round(run["cpu_s"] / run["wall_s"], 2),
-                 wall_s=round(run["wall_s"], 2), cpu_vs_old=round(run["cpu_rate"] / runs["old"]["cpu_rate"], 2),
-                 backend=run["backend"], dtype=run["dtype"], tokens=run["tokens"],
-                 vs_old=round(run["rate"] / runs["old"]["rate"], 2), ids_identical_to_old=identical,
-                 best_of=args.rounds)
-        if not identical:
-            raise SystemExit(f"{name}: the paths wrote different ids: {digests}")
-        same = long["old"]["sha256"] == long["new"]["sha256"]
-        for path, run in long.items():
-            emit(f"worker.{name}.{path}.long_documents", round(run["rate"]), unit="chars/s (wall, one process)",
-                 chars_per_cpu_second=round(run["cpu_rate"]), cores_used=round(run["cpu_s"] / run["wall_s"], 2),
-                 wall_s=round(run["wall_s"], 2), cpu_vs_old=round(run["cpu_rate"] / long["old"]["cpu_rate"], 2),
-                 vs_old=round(run["rate"] / long["old"]["rate"], 2), chars=run["characters"],
-                 chars_per_document=round(run["characters"] / run["documents"]), backend=run["backend"],
-                 ids_identical_to_old=same, best_of=args.rounds)
-        if not same:
-            raise SystemExit(f"{name}: long documents: the paths wrote different ids")
-        one = runs["new"]
-        two = run_workers(directory, eos_id, [[("new", "half", files[0::2])], [("new", "half", files[1::2])]],
-                          args.rounds, scratch)[("new", "half")]
-        efficiency = two["rate"] / (2 * one["rate"])
-        emit(f"scaling.{name}", round(efficiency, 3), unit="rate(2 workers) / (2 x rate(1 worker))",
-             rate_1=round(one["rate"]), rate_2=round(two["rate"]), wall_s_2=round(two["wall_s"], 2),
-             cores_used_2=round(two["cpu_s"] / two["wall_s"], 2),
-             cpu_efficiency=round(two["cpu_rate"] / one["cpu_rate"], 3),
-             cpu_efficiency_is="chars per CPU second with 2 workers / with 1: what a busy neighbour core costs",
-             loadavg_1m=round(os.getloadavg()[0], 2), cpus=os.cpu_count())
-        per_core = one["cpu_rate"]
-        emit(f"projection.{name}", minutes(per_core), unit="minutes",
-             corpus_bytes=CORPUS_BYTES, bytes_per_char=BYTES_PER_CHAR, corpus_chars=CORPUS_CHARS,
-             pods=PODS, cores_per_pod=CORES_PER_POD, rate_per_core=round(per_core),
-             rate_per_core_is="the 1-worker run's chars per CPU second (a core of its own)",
-             minutes_at_wall_rate=minutes(one["rate"]),
-             minutes_at_2_worker_cpu_efficiency=minutes(per_core * min(1.0, two["cpu_rate"] / one["cpu_rate"])),
-             minutes_old_path=minutes(runs["old"]["cpu_rate"]),
-             assumes="one worker process per core; reading from and writing to the store not counted")
+        one, old_cpu_rate = worker_figures(name, directory, eos_id, files, long_files, args, scratch)
+        scaling(name, directory, eos_id, files, one, old_cpu_rate, args, scratch)
         causes(name, directory, eos_id, sample, args.repeats)
+
+
+def worker_figures(name: str, directory: Path, eos_id: int, files: list[Path], long_files: list[Path],
+                   args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], float]:
+    """One worker's rate on each path, paragraphs and long documents; the new path's run and the old CPU rate."""
+    jobs = [(path, "paragraphs", files) for path in ("old", "old_threads", "new")]
+    jobs += [(path, "long", long_files) for path in ("old", "new")]
+    best = run_workers(directory, eos_id, [jobs], args.rounds, scratch)
+    runs = {path: best[(path, "paragraphs")] for path in ("old", "old_threads", "new")}
+    long = {path: best[(path, "long")] for path in ("old", "new")}
+    digests = {path: run["sha256"][0] for path, run in runs.items()}
+    identical = len(set(digests.values())) == 1
+    for path, run in runs.items():
+        emit(f"worker.{name}.{path}", round(run["rate"]), unit="chars/s (wall, one process)",
+             chars_per_cpu_second=round(run["cpu_rate"]), cores_used=round(run["cpu_s"] / run["wall_s"], 2),
+             wall_s=round(run["wall_s"], 2), cpu_vs_old=round(run["cpu_rate"] / runs["old"]["cpu_rate"], 2),
+             backend=run["backend"], dtype=run["dtype"], tokens=run["tokens"],
+             vs_old=round(run["rate"] / runs["old"]["rate"], 2), ids_identical_to_old=identical,
+             best_of=args.rounds)
+    if not identical:
+        raise SystemExit(f"{name}: the paths wrote different ids: {digests}")
+    same = long["old"]["sha256"] == long["new"]["sha256"]
+    for path, run in long.items():
+        emit(f"worker.{name}.{path}.long_documents", round(run["rate"]), unit="chars/s (wall, one process)",
+             chars_per_cpu_second=round(run["cpu_rate"]), cores_used=round(run["cpu_s"] / run["wall_s"], 2),
+             wall_s=round(run["wall_s"], 2), cpu_vs_old=round(run["cpu_rate"] / long["old"]["cpu_rate"], 2),
+             vs_old=round(run["rate"] / long["old"]["rate"], 2), chars=run["characters"],
+             chars_per_document=round(run["characters"] / run["documents"]), backend=run["backend"],
+             ids_identical_to_old=same, best_of=args.rounds)
+    if not same:
+        raise SystemExit(f"{name}: long documents: the paths wrote different ids")
+    return runs["new"], runs["old"]["cpu_rate"]
+
+
+def scaling(name: str, directory: Path, eos_id: int, files: list[Path], one: dict[str, Any], old_cpu_rate: float,
+            args: argparse.Namespace, scratch: Path) -> None:
+    """Two workers on halves of the files against one on all of them, and the 120 GB projection."""
+    two = run_workers(directory, eos_id, [[("new", "half", files[0::2])], [("new", "half", files[1::2])]],
+                      args.rounds, scratch)[("new", "half")]
+    efficiency = two["rate"] / (2 * one["rate"])
+    emit(f"scaling.{name}", round(efficiency, 3), unit="rate(2 workers) / (2 x rate(1 worker))",
+         rate_1=round(one["rate"]), rate_2=round(two["rate"]), wall_s_2=round(two["wall_s"], 2),
+         cores_used_2=round(two["cpu_s"] / two["wall_s"], 2),
+         cpu_efficiency=round(two["cpu_rate"] / one["cpu_rate"], 3),
+         cpu_efficiency_is="chars per CPU second with 2 workers / with 1: what a busy neighbour core costs",
+         loadavg_1m=round(os.getloadavg()[0], 2), cpus=os.cpu_count())
+    per_core = one["cpu_rate"]
+    emit(f"projection.{name}", minutes(per_core), unit="minutes",
+         corpus_bytes=CORPUS_BYTES, bytes_per_char=BYTES_PER_CHAR, corpus_chars=CORPUS_CHARS,
+         pods=PODS, cores_per_pod=CORES_PER_POD, rate_per_core=round(per_core),
+         rate_per_core_is="the 1-worker run's chars per CPU second (a core of its own)",
+         minutes_at_wall_rate=minutes(one["rate"]),
+         minutes_at_2_worker_cpu_efficiency=minutes(per_core * min(1.0, two["cpu_rate"] / one["cpu_rate"])),
+         minutes_old_path=minutes(old_cpu_rate),
+         assumes="one worker process per core; reading from and writing to the store not counted")
 
 
 if __name__ == "__main__":
