@@ -137,7 +137,7 @@ def test_training_streams_shards_from_s3_as_the_order_reaches_them_once_per_node
     shards = sum(len(source.shards) for source in index.sources)
     assert len(index.sources[0].shards) >= 6, shards
     cached = Path(os.environ["ZHLLAMA_CACHE"]) / "files"
-    rank0, rank1 = ShardedBlocks(ctx.store, index, window=2), ShardedBlocks(ctx.store, index, window=2)
+    rank0, rank1 = (ShardedBlocks(ctx.store, index, window=2, prefetch=0) for _ in range(2))
     for position in range(0, 40, 2):  # two ranks of one node, reading alternate positions as the loop does
         for rank, blocks in enumerate((rank0, rank1)):
             (index_,) = blocks.indices(spec.seed, position + rank, 1)
@@ -145,3 +145,10 @@ def test_training_streams_shards_from_s3_as_the_order_reaches_them_once_per_node
     # A window of 2 shards per source: the first 40 samples need at most 2 + 2 shards, fetched once for the node.
     assert 2 <= len(list(cached.iterdir())) <= 4 < shards
     assert rank0.shards_fetched <= 4 and rank1.shards_fetched <= 4
+
+    # Read-ahead: the shards of the next positions are in the node cache before any rank reads them.
+    ahead = ShardedBlocks(ctx.store, index, window=2, prefetch=300)
+    ahead.indices(spec.seed, 40, 1)
+    ahead.wait_prefetch()
+    needed = {ahead.shards[ahead._shard_number(i)].meta["sha256"] for i in ahead.indices(spec.seed, 41, 300)}
+    assert len(needed) > 4 and needed <= {path.name for path in cached.iterdir()}
