@@ -102,6 +102,7 @@ def change(before: float, after: float) -> float:
 
 
 def bench(args: argparse.Namespace, scratch: Path) -> None:
+    """Both pipelines and the three evals in a store under `scratch`, then their figures."""
     store = f"file://{scratch / 'store'}"
     env = {**os.environ, "ZHLLAMA_STATE": str(scratch / "state"), "ZHLLAMA_WORKDIR": str(scratch / "work")}
     logs = scratch / "logs"
@@ -133,7 +134,13 @@ def bench(args: argparse.Namespace, scratch: Path) -> None:
         seconds[f"eval pretrained {name} replay"] = evaluate(
             args.size, store, f"{pid}-eval-pretrain", preset.base_model, f"run://{pid}-pretrain/outputs/adapter",
             tokenizer, args.max_chars, env, logs / f"eval-{name}.log")
+    emit_figures(store, runs, base_eval, common, seconds)
 
+
+def emit_figures(store: str, runs: dict[bool, str], base_eval: str, common: dict[str, Any],
+                 seconds: dict[str, float]) -> None:
+    """The finished runs' figures from their reports in the store: perplexity per held-out text before and after
+    pretraining, its change with and without replay, the data each pretraining streamed, and the wall times."""
     base = read_json(store, run_key(base_eval, "outputs/eval"), "report.json")
     figures: dict[str, dict[str, Any]] = {}
     for replay, pid in runs.items():
