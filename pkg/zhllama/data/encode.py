@@ -16,7 +16,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,12 @@ import sentencepiece as spm
 from tokenizers import Tokenizer, models
 
 from zhllama.errors import UserError
-from zhllama.tokenizer.parity import ParityCheck, english_sample, sentencepiece_parity
+from zhllama.models.sentencepiece_tokenizer import (
+    SentencePieceTokenizer,
+    is_sentencepiece_directory,
+    load_sentencepiece_tokenizer,
+)
+from zhllama.tokenizer.parity import PROBES, ParityCheck, english_sample, sentencepiece_parity
 
 VERIFY_FIRST_CHARS = 100_000
 """Characters of an encoder's first documents (~0.1 s of tokenizer.json) that SentencePiece must encode exactly
@@ -41,13 +46,6 @@ comes before or after (the punctuation run `?[^\s\p{L}\p{N}]+` ends there, no lo
 the regex never looks behind), so the pieces' ids are the document's. Both classes are stable across Unicode
 versions, so Python and Oniguruma agree on them."""
 
-PROBES = [
-    "", " ", "  ", "a  b", " leading", "trailing ", "\t tab", "line\nbreak", "crlf\r\nend", "12345 67.8", "3.14",
-    "😀👍🏽 emoji", "𠀀𪚥 rare", "é vs e\u0301", "ｆｕｌｌ　ｗｉｄｔｈ", "日本語のテキスト", "한국어",
-    "zero\u200bwidth", "no\u00a0break", "中国 人民", "  两个空格  ",
-    "人民日报1998年1月1日，新年贺词。", "“引号”《书名》——破折号……",
-]
-"""Text that trips tokenizer conversions: whitespace runs, byte fallback, normalization, mixed scripts."""
 
 
 class DocumentEncoder:
@@ -68,10 +66,7 @@ class DocumentEncoder:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.tokenizer = tokenizer
         self.eos_id = eos_id
-        max_id = max([eos_id, *tokenizer.get_vocab(with_added_tokens=True).values()])
-        if eos_id < 0 or max_id > np.iinfo(np.uint32).max:
-            raise UserError(f"eos_id {eos_id}: must be an id between 0 and {np.iinfo(np.uint32).max}")
-        self.dtype = "uint16" if max_id <= np.iinfo(np.uint16).max else "uint32"
+        self.dtype = id_dtype(eos_id, tokenizer.get_vocab(with_added_tokens=True).values())
         self._added = sorted({t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content})
         self._cuts = _cuts_keep_ids(tokenizer)
         self._sentencepiece: spm.SentencePieceProcessor | None = None
@@ -110,7 +105,7 @@ class DocumentEncoder:
         texts = texts if isinstance(texts, list) else list(texts)
         ids = self._encode_tokenizers(texts) if self._sentencepiece is None else self._encode_sentencepiece(texts)
         self._seen += len(texts)
-        return self._flatten(ids)
+        return flatten(ids, self.eos_id, self.dtype)
 
     def _encode_tokenizers(self, texts: list[str]) -> list[list[int]]:
         long = [i for i, text in enumerate(texts) if len(text) > CUT_CHARS] if self._cuts else []
@@ -161,11 +156,6 @@ class DocumentEncoder:
         found = [i for i, text in enumerate(texts) if any(token in text for token in self._added)]
         return set(found if base is None else (base[i] for i in found))
 
-    def _flatten(self, ids: list[list[int]]) -> np.ndarray:
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
-        return np.insert(flat, np.cumsum(lengths), np.array(self.eos_id, dtype=self.dtype))
-
     def _verified_sentencepiece(self, model: Path) -> spm.SentencePieceProcessor | None:
         tokenizer = self.tokenizer
         if tokenizer.truncation is not None or tokenizer.padding is not None:
@@ -214,3 +204,54 @@ def _pieces(text: str) -> list[str]:
         start = boundary.end()
     pieces.append(text[start:])
     return pieces
+
+
+class SentencePieceEncoder:
+    """Encodes documents for a directory that tokenizes with SentencePiece itself (tied scores, see
+    zhllama.models.sentencepiece_tokenizer): SentencePiece's ids are the directory's ids, nothing to check them
+    against. Documents holding an added token's text go through the directory's tokenizer, which maps it."""
+
+    backend = "sentencepiece"
+
+    def __init__(self, tokenizer: SentencePieceTokenizer, eos_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.dtype = id_dtype(eos_id, tokenizer.get_vocab().values())
+        self._added = sorted({token.content for token in tokenizer.added_tokens_decoder.values()}
+                             | set(tokenizer.all_special_tokens))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "dtype": self.dtype, "eos_id": self.eos_id, "fallback": None,
+                "checks": []}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = texts if isinstance(texts, list) else list(texts)
+        ids: list[list[int]] = self.tokenizer.sp_model.encode(texts, num_threads=1)
+        joined = "\0".join(texts)
+        if any(token in joined for token in self._added):
+            for index, text in enumerate(texts):
+                if any(token in text for token in self._added):
+                    ids[index] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return flatten(ids, self.eos_id, self.dtype)
+
+
+def load_document_encoder(tokenizer_dir: Path, eos_id: int) -> DocumentEncoder | SentencePieceEncoder:
+    """The encoder of an HF tokenizer directory, giving the ids `zhllama.models.loading.load_tokenizer` gives."""
+    if is_sentencepiece_directory(tokenizer_dir):
+        return SentencePieceEncoder(load_sentencepiece_tokenizer(tokenizer_dir), eos_id)
+    return DocumentEncoder.from_dir(tokenizer_dir, eos_id)
+
+
+def id_dtype(eos_id: int, ids: Iterable[int]) -> str:
+    """"uint16" when every id (eos included) fits, else "uint32"."""
+    max_id = max([eos_id, *ids])
+    if eos_id < 0 or max_id > np.iinfo(np.uint32).max:
+        raise UserError(f"eos_id {eos_id}: must be an id between 0 and {np.iinfo(np.uint32).max}")
+    return "uint16" if max_id <= np.iinfo(np.uint16).max else "uint32"
+
+
+def flatten(ids: list[list[int]], eos_id: int, dtype: str) -> np.ndarray:
+    """Every document's ids followed by eos_id, as one flat array."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return np.insert(flat, np.cumsum(lengths), np.array(eos_id, dtype=dtype))

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from zhllama.errors import UserError
 from zhllama.models.paths import ModelFiles, locate_model, locate_tokenizer, tokenizer_of
+from zhllama.models.sentencepiece_tokenizer import is_sentencepiece_directory, load_sentencepiece_tokenizer
 
 if TYPE_CHECKING:
     from zhllama.run import RunContext
@@ -18,9 +19,12 @@ if TYPE_CHECKING:
 
 
 def load_tokenizer(source: Path | ModelFiles, *, field: str = "tokenizer") -> PreTrainedTokenizerBase:
-    """A fast tokenizer from an HF tokenizer directory, a model directory, or a GGUF file (or its directory)."""
+    """The tokenizer of an HF tokenizer directory, a model directory, or a GGUF file (or its directory): the fast
+    tokenizer, or SentencePiece itself where tokenizer.json cannot express the model (sentencepiece_tokenizer.py)."""
     files = source if isinstance(source, ModelFiles) else locate_tokenizer(source, field=field)
     try:
+        if files.gguf_file is None and is_sentencepiece_directory(files.directory):
+            return load_sentencepiece_tokenizer(files.directory)
         if files.gguf_file is not None:
             return AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file)
         return AutoTokenizer.from_pretrained(files.directory, local_files_only=True)

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 from zhllama.data.shards import DatasetIndex, ShardRef, SourceIndex, unit_stats_of
 from zhllama.errors import UserError
 from zhllama.models.loading import load_tokenizer, tokenizer_directory
+from zhllama.models.sentencepiece_tokenizer import SentencePieceTokenizer, sentencepiece_rules
 from zhllama.prepare.sources import CorpusFile
 from zhllama.prepare.units import Tokenization, load_encoder
 from zhllama.spec import DataSource
@@ -20,7 +21,9 @@ TOTALS = ("documents", "characters", "tokens", "blocks", "tokens_dropped", "bad_
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase, eos_id: int) -> str:
     """The tokenizer's rules and eos: a dataset made with one is valid with exactly that one."""
-    return hashlib.sha256((tokenizer.backend_tokenizer.to_str() + f"eos={eos_id}").encode()).hexdigest()
+    rules = (sentencepiece_rules(tokenizer) if isinstance(tokenizer, SentencePieceTokenizer)
+             else tokenizer.backend_tokenizer.to_str())
+    return hashlib.sha256((rules + f"eos={eos_id}").encode()).hexdigest()
 
 
 def eos_of(tokenizer: PreTrainedTokenizerBase, uri: str) -> int:

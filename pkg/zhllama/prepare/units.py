@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zhllama.data.corpus import iter_documents
-from zhllama.data.encode import DocumentEncoder
+from zhllama.data.encode import DocumentEncoder, SentencePieceEncoder, load_document_encoder
 from zhllama.data.shards import FORMAT, UnitStats, write_unit
 from zhllama.prepare.sources import CorpusFile
 from zhllama.records import LineError
@@ -56,13 +56,13 @@ def documents(path: Path, name: str, stats: UnitStats, skip_bad: bool) -> Iterat
     return iter_documents(path, bad)
 
 
-_encoders: dict[str, DocumentEncoder] = {}
+_encoders: dict[str, DocumentEncoder | SentencePieceEncoder] = {}
 """One encoder per tokenizer and process (a pool's worker loads it for its first file)."""
 
 
-def load_encoder(tokenization: Tokenization) -> DocumentEncoder:
+def load_encoder(tokenization: Tokenization) -> DocumentEncoder | SentencePieceEncoder:
     if tokenization.tokenizer not in _encoders:
-        _encoders[tokenization.tokenizer] = DocumentEncoder.from_dir(tokenization.tokenizer_dir, tokenization.eos_id)
+        _encoders[tokenization.tokenizer] = load_document_encoder(tokenization.tokenizer_dir, tokenization.eos_id)
     return _encoders[tokenization.tokenizer]
 
 

@@ -21,11 +21,19 @@ INDEXED_STAGES: frozenset[str] = frozenset({"prepare"})
 
 
 class TokenizerSpec(StageSpec):
-    """Train a Chinese SentencePiece model and merge it into the base vocabulary."""
+    """Train a Chinese SentencePiece model and merge it into the base vocabulary, or take a ready tokenizer as it is."""
 
     stage: Literal["tokenizer"] = "tokenizer"
     base_tokenizer: str = "embedded://smollm2-135m"
     """The base tokenizer: a SentencePiece tokenizer.model, an HF tokenizer.json, an HF model dir or a GGUF file."""
+    extend: bool = True
+    """Add Chinese pieces to `base_tokenizer`. false: `base_tokenizer` is already the tokenizer to train with (e.g.
+    Chinese-LLaMA's 49953-piece tokenizer.model, or an HF directory holding it); the stage writes its HF directory
+    and report and adds nothing but the pad token."""
+    new_piece_scores: Literal["ordered", "zero"] = "ordered"
+    """SentencePiece bases: scores of the new pieces. ordered: distinct, below the base's, in the Chinese model's
+    order (a tokenizer.json matches SentencePiece exactly). zero: Chinese-LLaMA's merge_tokenizers.py layout, byte
+    for byte (ties that only SentencePiece itself tokenizes right; the stage then writes the directory for it)."""
     corpus: list[str] = ["embedded://peoples-daily-train"]
     """Chinese text to train on: txt or JSONL (`text`) files, or directories of them."""
     chinese_sp_model: str | None = None
@@ -63,9 +71,20 @@ class TokenizerSpec(StageSpec):
         return [check_uri(v) for v in values]
 
     @model_validator(mode="after")
-    def _needs_text_or_model(self) -> TokenizerSpec:
-        if not self.corpus and not self.chinese_sp_model:
-            raise ValueError("set `corpus` (text to train on) or `chinese_sp_model` (a ready model)")
+    def _consistent(self) -> TokenizerSpec:
+        problems = []
+        if self.extend and not self.corpus and not self.chinese_sp_model:
+            problems.append("set `corpus` (text to train on) or `chinese_sp_model` (a ready model)")
+        if not self.extend and self.chinese_sp_model:
+            problems.append("chinese_sp_model: a ready tokenizer (extend: false) gets no new pieces; drop "
+                            "chinese_sp_model or set extend: true")
+        if not self.extend and self.new_piece_scores != "ordered":
+            problems.append("new_piece_scores: applies to new pieces, and extend: false adds none; drop it or set "
+                            "extend: true")
+        if not self.extend and not self.corpus and not self.heldout:
+            problems.append("heldout: a ready tokenizer is checked on held-out text; set heldout (or corpus)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -39,6 +39,9 @@ class BaseTokenizer:
     """For byte-level BPE bases: the tokenizer as `tokenizers` runs it."""
     config: dict[str, Any] | None = None
     """tokenizer_config.json of an HF directory base (chat template, special tokens), if there is one."""
+    added_tokens: tuple[tuple[str, bool], ...] = ()
+    """SentencePiece bases from an HF directory: the tokens it adds after the pieces, (content, special) in id
+    order (Chinese-Alpaca's [PAD], for one)."""
 
     @property
     def vocab_size(self) -> int:
@@ -77,7 +80,11 @@ def load_base_tokenizer(path: Path) -> BaseTokenizer:
         return BaseTokenizer("bytelevel_bpe", file, fast=fast, config=gguf_config)
     if file.suffix == ".json" or head.lstrip()[:1] == b"{":
         return _load_tokenizer_json(file, config)
-    return BaseTokenizer("sentencepiece", file, sp_model=_load_sentencepiece(file), config=config)
+    sp_model = _load_sentencepiece(file)
+    if not Path(path).is_dir():
+        return BaseTokenizer("sentencepiece", file, sp_model=sp_model)
+    config, added = _sentencepiece_directory(file.parent, config or {}, len(sp_model.pieces))
+    return BaseTokenizer("sentencepiece", file, sp_model=sp_model, config=config, added_tokens=added)
 
 
 def _read_config(directory: Path) -> dict[str, Any] | None:
@@ -86,6 +93,22 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
     return loaded
+
+
+def _sentencepiece_directory(directory: Path, config: dict[str, Any],
+                             pieces: int) -> tuple[dict[str, Any], tuple[tuple[str, bool], ...]]:
+    """The special tokens and added tokens of an HF directory around a tokenizer.model, as transformers reads them
+    (tokenizer_config.json, special_tokens_map.json, added_tokens.json in any of their historical layouts)."""
+    from zhllama.models.sentencepiece_tokenizer import load_sentencepiece_tokenizer
+
+    hf = load_sentencepiece_tokenizer(directory)
+    specials = {f"{role}_token": str(getattr(hf, f"{role}_token")) for role in ("bos", "eos", "unk", "pad")
+                if getattr(hf, f"{role}_token") is not None}
+    added = sorted((index, token) for index, token in hf.added_tokens_decoder.items() if index >= pieces)
+    if [index for index, _ in added] != list(range(pieces, pieces + len(added))):
+        raise UserError(f"base tokenizer {directory}: added token ids {[index for index, _ in added]} do not follow "
+                        f"the {pieces} pieces without a gap; fix added_tokens.json or give the tokenizer.model alone")
+    return {**config, **specials}, tuple((token.content, bool(token.special)) for _, token in added)
 
 
 def _load_sentencepiece(file: Path) -> ModelProto:

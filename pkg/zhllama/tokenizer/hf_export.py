@@ -113,3 +113,25 @@ def write_hf_directory(out_dir: Path, fast: Tokenizer, *, sp_model: ModelProto |
                                                    encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(
         json.dumps(special_tokens, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def write_sentencepiece_directory(out_dir: Path, sp_model: ModelProto, *, special_tokens: dict[str, str],
+                                  added_tokens: list[tuple[str, bool]], pad: str | None,
+                                  extra_config: dict[str, Any]) -> int | None:
+    """tokenizer.model and the config that makes `AutoTokenizer.from_pretrained(out_dir)` tokenize with SentencePiece
+    itself (no tokenizer.json: nothing may read a merge list that tokenizes differently). `added_tokens`
+    ((content, special) pairs) follow the pieces in order, then `pad` unless they hold it; returns the pad's id."""
+    from zhllama.models.sentencepiece_tokenizer import SentencePieceTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").unlink(missing_ok=True)
+    model_file = out_dir / "tokenizer.model"
+    model_file.write_bytes(sp_model.SerializeToString())
+    tokenizer = SentencePieceTokenizer(vocab_file=str(model_file), legacy=True, special_tokens_pattern="bos",
+                                       clean_up_tokenization_spaces=False, **special_tokens, **extra_config)
+    for content, special in added_tokens:
+        tokenizer.add_tokens([AddedToken(content, special=special, normalized=False)], special_tokens=special)
+    if pad is not None:
+        tokenizer.add_special_tokens({"pad_token": pad})
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer.pad_token_id

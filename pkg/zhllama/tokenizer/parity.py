@@ -19,6 +19,13 @@ from zhllama.tokenizer.bpe_extend import is_chinese_char
 from zhllama.tokenizer.tokens import encode_lines
 
 MAX_EXAMPLES = 3
+PROBES = [
+    "", " ", "  ", "a  b", " leading", "trailing ", "\t tab", "line\nbreak", "crlf\r\nend", "12345 67.8", "3.14",
+    "😀👍🏽 emoji", "𠀀𪚥 rare", "é vs e\u0301", "ｆｕｌｌ　ｗｉｄｔｈ", "日本語のテキスト", "한국어",
+    "zero\u200bwidth", "no\u00a0break", "中国 人民", "  两个空格  ",
+    "人民日报1998年1月1日，新年贺词。", "“引号”《书名》——破折号……",
+]
+"""Text that trips tokenizer conversions: whitespace runs, byte fallback, normalization, mixed scripts."""
 
 
 @dataclass
@@ -55,11 +62,32 @@ def english_sample() -> list[str]:
             if block.strip()]
 
 
-def sentencepiece_parity(sp: spm.SentencePieceProcessor, hf_tokenizer: Any, lines: Sequence[str]) -> ParityCheck:
-    check = ParityCheck("tokenizer.json ids == SentencePiece ids")
-    for text, expected, got in zip(lines, sp.encode(list(lines)), encode_lines(hf_tokenizer, lines), strict=True):
+def sentencepiece_parity(sp: spm.SentencePieceProcessor, tokenizer: Any, lines: Sequence[str],
+                         name: str = "tokenizer.json ids == SentencePiece ids") -> ParityCheck:
+    """Ids of each line without special tokens, `tokenizer` (any kind `encode_lines` takes) against SentencePiece."""
+    check = ParityCheck(name)
+    for text, expected, got in zip(lines, sp.encode(list(lines)), encode_lines(tokenizer, lines), strict=True):
         check.record(text, expected, got)
     return check
+
+
+def applied_parity(sp: spm.SentencePieceProcessor, directory: Path, lines: Sequence[str]) -> list[ParityCheck]:
+    """SentencePiece's ids through every way zhllama and transformers apply the tokenizer in `directory`:
+    AutoTokenizer and zhllama's loader (SFT, perplexity, exams, generation) with BOS first, as a model sees a
+    document; the prepare stage's document encoder, eos after each document."""
+    from zhllama.data.encode import load_document_encoder
+    from zhllama.models.loading import load_tokenizer
+
+    eos = sp.eos_id()
+    appliers = {"AutoTokenizer ids == BOS + SentencePiece ids": load_hf_tokenizer(directory),
+                "zhllama tokenizer ids (SFT, eval, generation) == BOS + SentencePiece ids": load_tokenizer(directory)}
+    encoder = load_document_encoder(directory, eos)
+    checks = [ParityCheck(name) for name in appliers] + [ParityCheck("prepare encoder ids == SentencePiece ids + eos")]
+    for text, want in zip(lines, sp.encode(list(lines)), strict=True):
+        for check, tokenizer in zip(checks, appliers.values(), strict=False):
+            check.record(text, [sp.bos_id(), *want], list(tokenizer(text)["input_ids"]))
+        checks[-1].record(text, [*want, eos], encoder.encode([text]).tolist())
+    return checks
 
 
 def base_identity(base: Tokenizer, hf_tokenizer: Any, lines: Sequence[str]) -> ParityCheck:

@@ -51,14 +51,22 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
 
 def render_markdown(report: dict[str, Any]) -> str:
     tpc = report["tokens_per_char"]
+    chinese = report["chinese_model"]
+    pad = report["pad_token"]
     lines = [
         "# Chinese tokenizer",
         "",
         f"Base: `{report['base']['path']}` ({report['base']['kind']}, {report['base']['vocab_size']} tokens).  ",
-        f"Chinese model: {report['chinese_model']['source']} ({report['chinese_model']['pieces']} pieces).  ",
+        (f"Chinese model: {chinese['source']} ({chinese['pieces']} pieces"
+         + (f", new pieces scored {report['new_piece_scores']}" if report.get("new_piece_scores") else "") + ").  "
+         if chinese else "Ready tokenizer: taken as it is, no pieces added.  "),
         f"Added: {report['pieces_added']} pieces -> merged vocabulary {report['merged_vocab_size']}"
-        + (f", pad `{report['pad_token']['token']}` id {report['pad_token']['id']}" if report["pad_token"] else "")
+        + (f", pad `{pad['token']}` id {pad['id']}" if pad else "")
         + f"; final vocabulary {report['vocab_size']}.",
+        "",
+        "## How it is applied",
+        "",
+        *_application_lines(report["application"]),
         "",
         f"## Tokens per character on {report['heldout']['lines']} held-out lines "
         f"({report['heldout']['characters']} characters)",
@@ -66,7 +74,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| tokenizer | tokens/char |",
         "| --- | --- |",
         f"| base | {tpc['base']:.3f} |",
-        f"| extended | {tpc['extended']:.3f} |",
+        f"| {'extended' if chinese else 'this tokenizer'} | {tpc['extended']:.3f} |",
         "",
         f"{tpc['base'] / tpc['extended']:.2f}x fewer tokens for Chinese text.",
         "",
@@ -82,3 +90,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"  - base ({len(sample['base'])}): {' | '.join(sample['base'])}",
                   f"  - extended ({len(sample['extended'])}): {' | '.join(sample['extended'])}"]
     return "\n".join(lines) + "\n"
+
+
+def _application_lines(application: dict[str, Any]) -> list[str]:
+    if application["backend"] == "sentencepiece":
+        how = ("**SentencePiece itself**: tokenizer.model with `tokenizer_class: SentencePieceBackend` (no "
+               "tokenizer.json); `AutoTokenizer.from_pretrained` and every zhllama stage encode with SentencePiece.")
+    else:
+        how = "**tokenizer.json** (the fast tokenizer), giving SentencePiece's ids where there is a tokenizer.model."
+    lines = [f"- {how}", f"- Why: {application['reason']}."]
+    parity = application.get("tokenizer_json_parity")
+    if parity:
+        lines.append(f"- A tokenizer.json merge list matches SentencePiece on {parity['matched']}/"
+                     f"{parity['checked']} probe and held-out lines.")
+    return lines

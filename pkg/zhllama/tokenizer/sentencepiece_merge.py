@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import sentencepiece as spm
 
@@ -17,6 +18,7 @@ NON_TEXT_TYPES = (Piece.UNKNOWN, Piece.CONTROL, Piece.BYTE, Piece.UNUSED)
 SP_TOO_LARGE = re.compile(r"Vocabulary size too high.*?(\d+)\D*$", re.DOTALL)
 SP_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
 MAX_SENTENCE_BYTES = 1 << 16
+NewPieceScores = Literal["ordered", "zero"]
 
 
 def train_chinese_sentencepiece(train_file: Path, model_prefix: Path, *, corpus_label: str, vocab_size: int,
@@ -72,13 +74,17 @@ class MergedSentencePiece:
     added: list[str]
 
 
-def merge_sentencepiece(base: ModelProto, chinese: ModelProto) -> MergedSentencePiece:
+def merge_sentencepiece(base: ModelProto, chinese: ModelProto,
+                        new_piece_scores: NewPieceScores = "ordered") -> MergedSentencePiece:
     """Append the Chinese pieces the base lacks, in the Chinese model's order; base pieces keep their ids.
 
-    Chinese-LLaMA gives every new piece score 0, so new pieces tie and SentencePiece breaks ties by position, which
-    no HF BPE merge list can reproduce. Here each new piece gets a distinct score below every scored base piece, in
-    the Chinese model's order: the base merges first (its own text segments as before), then the Chinese pieces in
-    the order the Chinese model ranks them, and the fast tokenizer can match SentencePiece exactly.
+    "ordered": each new text piece gets a distinct score below every scored base piece, in the Chinese model's
+    order. The base merges first (its own text segments as before), then the Chinese pieces in the order the
+    Chinese model ranks them, and a tokenizer.json merge list matches SentencePiece exactly.
+
+    "zero": Chinese-LLaMA's merge_tokenizers.py, byte for byte: every piece the base lacks (whatever its type) is
+    appended as a piece with score 0 and no type set. The new pieces tie, SentencePiece breaks ties by position,
+    and only SentencePiece itself tokenizes like that (see merge_order.py).
     """
     merged = sp_pb2.ModelProto()
     merged.CopyFrom(base)
@@ -87,11 +93,15 @@ def merge_sentencepiece(base: ModelProto, chinese: ModelProto) -> MergedSentence
     next_score = (min(scored) if scored else 0.0) - 1.0
     added: list[str] = []
     for piece in chinese.pieces:
-        if piece.type in NON_TEXT_TYPES or piece.piece in existing:
+        if piece.piece in existing or (new_piece_scores == "ordered" and piece.type in NON_TEXT_TYPES):
             continue
         new = merged.pieces.add()
-        new.piece, new.score, new.type = piece.piece, next_score, Piece.NORMAL
-        next_score -= 1.0
+        new.piece = piece.piece
+        if new_piece_scores == "zero":
+            new.score = 0
+        else:
+            new.score, new.type = next_score, Piece.NORMAL
+            next_score -= 1.0
         existing.add(piece.piece)
         added.append(piece.piece)
     return MergedSentencePiece(merged, added)

@@ -14,8 +14,10 @@ def run_tokenizer(ctx: RunContext) -> None:
     build_tokenizer(
         ctx.input(spec.base_tokenizer),
         out,
-        corpus=[ctx.input(uri) for uri in spec.corpus],
+        corpus=[ctx.input(uri) for uri in spec.corpus] if spec.extend or not spec.heldout else [],
         chinese_sp_model=ctx.input(spec.chinese_sp_model) if spec.chinese_sp_model else None,
+        extend=spec.extend,
+        new_piece_scores=spec.new_piece_scores,
         heldout=[ctx.input(uri) for uri in spec.heldout],
         heldout_lines=spec.heldout_lines,
         vocab_size=spec.vocab_size,

@@ -1,0 +1,217 @@
+"""Chinese-LLaMA's own tokenizers: new pieces at score 0, ties SentencePiece breaks by position, which no
+tokenizer.json merge list expresses. Every path that tokenizes must still give SentencePiece's ids.
+
+The always-on tests build the tied model themselves (the tiny English base + a Chinese model at score 0); the
+`reference` ones use LLaMA-2 + Chinese-LLaMA's chinese-sp-20k from ../shared/data when it is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from transformers import AutoTokenizer
+
+from tests.tokenizer.conftest import HELDOUT_LINES, shared_file
+from zhllama.data.sft import SftExample, tokenize_example
+from zhllama.embedded.peoples_daily import paragraph_texts, peoples_daily
+from zhllama.errors import SpecError
+from zhllama.eval.exams import Question, exam_prompt
+from zhllama.eval.perplexity import document_ids
+from zhllama.eval.scoring import continuation_ids
+from zhllama.models.loading import encode, load_tokenizer
+from zhllama.prepare.dataset import tokenization_for
+from zhllama.prepare.units import load_encoder
+from zhllama.prompts import alpaca_prompt
+from zhllama.spec import resolve_spec
+from zhllama.tokenizer import build_tokenizer
+
+EXAM = [
+    Question("下列哪一项是我国的四大发明之一？", ("指南针", "蒸汽机", "电话", "望远镜"), "A"),
+    Question("“床前明月光，疑是地上霜”的作者是谁？", ("杜甫", "李白", "白居易", "王维"), "B"),
+    Question("中华人民共和国成立于哪一年？", ("1911年", "1921年", "1949年", "1978年"), "C"),
+    Question("水在标准大气压下的沸点是多少摄氏度？", ("0", "50", "90", "100"), "D"),
+    Question("长江流经的省级行政区不包括下列哪一个？", ("四川省", "湖北省", "山东省", "江苏省"), "C"),
+    Question("我国社会主义初级阶段的基本经济制度以什么为主体？", ("公有制", "私有制", "外资经济", "个体经济"), "A"),
+    Question("下列哪种作物原产于美洲？", ("小麦", "玉米", "水稻", "大豆"), "B"),
+    Question("《红楼梦》中“林黛玉进贾府”一节，林黛玉的母亲是？", ("贾敏", "王夫人", "薛姨妈", "邢夫人"), "A"),
+]
+"""A CMMLU-style exam (questions written for this test), formatted by the eval stage's own prompt."""
+
+
+def exam_texts() -> list[str]:
+    shots = EXAM[:3]
+    return [exam_prompt("中国历史与常识", shots, question, instruction_model=False) for question in EXAM[3:]] + [
+        exam_prompt("中国历史与常识", [], question, instruction_model=True) for question in EXAM]
+
+
+def heldout_lines(count: int) -> list[str]:
+    return paragraph_texts(peoples_daily().heldout)[-count:]
+
+
+def merge_tokenizers_py(llama: sp_pb2.ModelProto, chinese: sp_pb2.ModelProto) -> sp_pb2.ModelProto:
+    """What Chinese-LLaMA's scripts/merge_tokenizer/merge_tokenizers.py writes, step for step."""
+    merged = sp_pb2.ModelProto()
+    merged.CopyFrom(llama)
+    llama_spm_tokens_set = {p.piece for p in merged.pieces}
+    for p in chinese.pieces:
+        if p.piece not in llama_spm_tokens_set:
+            new_p = sp_pb2.ModelProto().SentencePiece()
+            new_p.piece = p.piece
+            new_p.score = 0
+            merged.pieces.append(new_p)
+    return merged
+
+
+def load_proto(path: Path) -> sp_pb2.ModelProto:
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    return proto
+
+
+def assert_every_path_gives_sentencepiece_ids(directory: Path, sp: spm.SentencePieceProcessor,
+                                              lines: list[str], tmp_path: Path) -> None:
+    """prepare/pretrain blocks, SFT, perplexity, exams and generation, each through the function the stage calls."""
+    tokenizer = load_tokenizer(directory)
+    auto = AutoTokenizer.from_pretrained(str(directory))
+    bos, eos = sp.bos_id(), sp.eos_id()
+    expected = sp.encode(lines)
+    for text, want in zip(lines, expected, strict=True):
+        assert auto(text)["input_ids"] == [bos, *want], text[:40]
+        assert encode(tokenizer, text) == [bos, *want], text[:40]            # generation, exams
+        assert document_ids(tokenizer, text) == [bos, *want], text[:40]      # perplexity
+        assert tokenizer.decode(encode(tokenizer, text), skip_special_tokens=True) == sp.decode(want)
+    tokenization = tokenization_for(directory, "tokenizer", tmp_path, block_size=64, shard_mb=1.0,
+                                    skip_bad_records=False)
+    flat = load_encoder(tokenization).encode(lines).tolist()              # prepare stage, inline pretraining
+    assert flat == [i for want in expected for i in (*want, eos)]
+    for prompt in lines[:50]:                                             # SFT: prompt and response apart
+        example = SftExample(alpaca_prompt(prompt[:30]), prompt, "test:1")
+        ids, labels, _ = tokenize_example(example, tokenizer, eos, 100_000)  # type: ignore[misc]
+        assert ids == [bos, *sp.encode(example.prompt), *sp.encode(prompt), eos]
+    for text in lines[:20]:                                               # exam letters, in context
+        prompt_ids = sp.encode(text)
+        joint = sp.encode(text + "A")
+        if joint[:len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
+            assert continuation_ids(tokenizer, text, "A") == joint[len(prompt_ids):]
+
+
+def test_zero_scores_reproduce_merge_tokenizers_py(zero_merged: tuple[Path, dict[str, Any]],
+                                                   tiny_sp_base: Path) -> None:
+    out, report = zero_merged
+    reference = merge_tokenizers_py(load_proto(tiny_sp_base), load_proto(out / "chinese_sp.model"))
+    assert (out / "tokenizer.model").read_bytes() == reference.SerializeToString()
+    assert report["new_piece_scores"] == "zero" and report["pieces_added"] == len(reference.pieces) - 600
+
+
+def test_tied_scores_are_detected_and_applied_by_sentencepiece(zero_merged: tuple[Path, dict[str, Any]]) -> None:
+    out, report = zero_merged
+    application = report["application"]
+    assert application["backend"] == "sentencepiece" and application["merge_order"]["ambiguous"]
+    witness = application["merge_order"]["witness"]
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    assert sp.encode(witness["text"]) == witness["sentencepiece"] != witness["tokenizer_json"]
+    parity = application["tokenizer_json_parity"]
+    assert parity["matched"] < parity["checked"]          # a merge list really would tokenize lines differently
+    assert not (out / "tokenizer.json").exists()
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "SentencePieceBackend"
+    assert [(c["checked"], c["matched"]) for c in report["checks"]] == [(HELDOUT_LINES, HELDOUT_LINES)] * 3
+    assert "SentencePiece itself" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_ready_tokenizer_every_path_gives_sentencepiece_ids(tmp_path: Path, zero_merged: tuple[Path, dict[str, Any]],
+                                                            heldout_file: Path) -> None:
+    """A user's tied tokenizer.model, taken as it is (extend: false)."""
+    tied = zero_merged[0] / "tokenizer.model"
+    report = build_tokenizer(tied, tmp_path / "ready", corpus=[], extend=False, heldout=[heldout_file])
+    assert report["mode"] == "ready" and report["pieces_added"] == 0 and report["chinese_model"] is None
+    sp = spm.SentencePieceProcessor(model_file=str(tied))
+    assert report["pad_token"] == {"token": "[PAD]", "id": sp.get_piece_size()}
+    assert (tmp_path / "ready" / "tokenizer.model").read_bytes() == tied.read_bytes()
+    lines = heldout_lines(HELDOUT_LINES) + exam_texts() + ["😀 𪚥 byte fallback", "  two  spaces ", "a\nb"]
+    assert_every_path_gives_sentencepiece_ids(tmp_path / "ready", sp, lines, tmp_path / "scratch")
+
+
+def test_saved_tokenizer_reloads_as_sentencepiece(tmp_path: Path, zero_merged: tuple[Path, dict[str, Any]]) -> None:
+    """Adapters and merged models carry the tokenizer by save_pretrained; the copy must stay SentencePiece's."""
+    out, _ = zero_merged
+    load_tokenizer(out).save_pretrained(tmp_path / "saved")
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    text = heldout_lines(1)[0]
+    for reloaded in (load_tokenizer(tmp_path / "saved"), AutoTokenizer.from_pretrained(str(tmp_path / "saved"))):
+        assert reloaded(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+        assert reloaded.pad_token == "[PAD]" and len(reloaded) == sp.get_piece_size() + 1
+
+
+def test_slow_only_hf_directory_is_read_with_sentencepiece(tmp_path: Path,
+                                                           zero_merged: tuple[Path, dict[str, Any]]) -> None:
+    """Chinese-Alpaca's released layout: tokenizer.model, LlamaTokenizer config, [PAD] in added_tokens.json."""
+    tied = zero_merged[0] / "tokenizer.model"
+    pieces = spm.SentencePieceProcessor(model_file=str(tied)).get_piece_size()
+    released = tmp_path / "chinese-alpaca"
+    released.mkdir()
+    (released / "tokenizer.model").write_bytes(tied.read_bytes())
+    (released / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "model_max_length": 1e30,
+        "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": False, "normalized": True,
+                      "rstrip": False, "single_word": False}, "eos_token": "</s>", "unk_token": "<unk>"}))
+    (released / "special_tokens_map.json").write_text(json.dumps({"pad_token": "[PAD]"}))
+    (released / "added_tokens.json").write_text(json.dumps({"[PAD]": pieces}))
+    sp = spm.SentencePieceProcessor(model_file=str(tied))
+    text = heldout_lines(2)[0]
+    assert load_tokenizer(released)(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+    report = build_tokenizer(released, tmp_path / "out", corpus=[], extend=False,
+                             heldout=[_write(tmp_path / "h.txt", heldout_lines(50))])
+    assert report["pad_token"] == {"token": "[PAD]", "id": pieces} and report["vocab_size"] == pieces + 1
+
+
+def test_spec_lists_every_inconsistency_of_a_ready_tokenizer() -> None:
+    with pytest.raises(SpecError) as raised:
+        resolve_spec("tokenizer", size="tiny", values={"extend": False, "chinese_sp_model": "file:///zh.model",
+                                                       "new_piece_scores": "zero", "corpus": [], "heldout": []})
+    message = str(raised.value)
+    for field in ("chinese_sp_model:", "new_piece_scores:", "heldout:"):
+        assert field in message
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_merge(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Must-show: `ctl run tokenizer` with new_piece_scores=zero on LLaMA-2 + chinese-sp-20k (../shared/data)."""
+    llama, chinese = shared_file("llama2-tokenizer.model"), shared_file("chinese-sp-20k.model")
+    store = tmp_path_factory.mktemp("reference_store")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ctl"), "run", "tokenizer", "--local", "--run-id", "reference-zero",
+         "--set", f"base_tokenizer=file://{llama}", "--set", f"chinese_sp_model=file://{chinese}",
+         "--set", "new_piece_scores=zero", "--set", "corpus=[]"],
+        capture_output=True, text=True, env={**os.environ, "ZHLLAMA_STORE": f"file://{store}"}, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [out] = list(store.glob("runs/reference-zero/outputs/tokenizer"))
+    return out, chinese
+
+
+def test_reference_zero_merge_is_chinese_llamas_byte_for_byte(reference_merge: tuple[Path, Path]) -> None:
+    out, chinese = reference_merge
+    reference = merge_tokenizers_py(load_proto(shared_file("llama2-tokenizer.model")), load_proto(chinese))
+    assert len(reference.pieces) == 49953
+    assert (out / "tokenizer.model").read_bytes() == reference.SerializeToString()
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["application"]["backend"] == "sentencepiece" and report["vocab_size"] == 49954
+
+
+def test_reference_zero_merge_every_path_gives_sentencepiece_ids(reference_merge: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    out, _ = reference_merge
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    assert_every_path_gives_sentencepiece_ids(out, sp, heldout_lines(3000) + exam_texts(), tmp_path)
