@@ -56,8 +56,11 @@ def test_merge_keeps_base_ids_and_appends_in_chinese_order(built: tuple[Path, di
 def test_fast_tokenizer_matches_sentencepiece_on_all_heldout_lines(built: tuple[Path, dict[str, Any]],
                                                                    peoples_daily: list[str]) -> None:
     out, report = built
-    [check] = report["checks"]
-    assert (check["checked"], check["matched"]) == (HELDOUT_LINES, HELDOUT_LINES)
+    assert report["application"]["backend"] == "tokenizers"
+    assert not report["application"]["merge_order"]["ambiguous"]
+    assert [(c["checked"], c["matched"]) for c in report["checks"]] == [(HELDOUT_LINES, HELDOUT_LINES)] * 3
+    parity = report["application"]["tokenizer_json_parity"]
+    assert parity["checked"] > HELDOUT_LINES and parity["matched"] == parity["checked"]
     hf = load_hf_tokenizer(out)
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     heldout = peoples_daily[-HELDOUT_LINES:]

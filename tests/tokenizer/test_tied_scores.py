@@ -7,6 +7,7 @@ The always-on tests build the tied model themselves (the tiny English base + a C
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,11 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gguf
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from transformers import AutoTokenizer
 
+from tests.quantize.quantize_fixtures import tiny_llama
 from tests.tokenizer.conftest import HELDOUT_LINES, shared_file
 from zhllama.data.sft import SftExample, tokenize_example
 from zhllama.embedded.peoples_daily import paragraph_texts, peoples_daily
@@ -30,6 +33,7 @@ from zhllama.models.loading import encode, load_tokenizer
 from zhllama.prepare.dataset import tokenization_for
 from zhllama.prepare.units import load_encoder
 from zhllama.prompts import alpaca_prompt
+from zhllama.quantize import export_gguf
 from zhllama.spec import resolve_spec
 from zhllama.tokenizer import build_tokenizer
 
@@ -172,6 +176,27 @@ def test_slow_only_hf_directory_is_read_with_sentencepiece(tmp_path: Path,
     assert report["pad_token"] == {"token": "[PAD]", "id": pieces} and report["vocab_size"] == pieces + 1
 
 
+def test_gguf_keeps_the_ties_and_llama_cpp_breaks_them_like_sentencepiece(
+        tmp_path: Path, zero_merged: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = zero_merged
+    model = tiny_llama(tmp_path / "model", out)
+    path = export_gguf(model, tmp_path / "model-F16.gguf", "F16")
+    fields = gguf.GGUFReader(path).fields
+    proto = load_proto(out / "tokenizer.model")
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert fields["tokenizer.ggml.tokens"].contents() == [p.piece for p in proto.pieces] + ["[PAD]"]
+    assert fields["tokenizer.ggml.scores"].contents()[:len(proto.pieces)] == [p.score for p in proto.pieces]
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed: the llama.cpp tokenization check did not run")
+    from zhllama.quantize.llamacpp import check_file
+
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    lines = heldout_lines(HELDOUT_LINES) + exam_texts()
+    ids = [sp.bos_id(), *sp.encode(lines[0])][:32]
+    result = check_file(path, lines, [ids], ids[:8], window=32, stride=16, generate_tokens=2)
+    assert result["token_ids"] == sp.encode(lines)
+
+
 def test_spec_lists_every_inconsistency_of_a_ready_tokenizer() -> None:
     with pytest.raises(SpecError) as raised:
         resolve_spec("tokenizer", size="tiny", values={"extend": False, "chinese_sp_model": "file:///zh.model",
@@ -215,3 +240,19 @@ def test_reference_zero_merge_every_path_gives_sentencepiece_ids(reference_merge
     out, _ = reference_merge
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
     assert_every_path_gives_sentencepiece_ids(out, sp, heldout_lines(3000) + exam_texts(), tmp_path)
+
+
+def test_reference_zero_merge_in_llama_cpp(reference_merge: tuple[Path, Path], tmp_path: Path) -> None:
+    """The GGUF of a model with Chinese-LLaMA's tokenizer, tokenizing 3000 held-out lines and the exam in llama.cpp."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed: the llama.cpp tokenization check did not run")
+    from zhllama.quantize.llamacpp import check_file
+
+    out, _ = reference_merge
+    path = export_gguf(tiny_llama(tmp_path / "model", out), tmp_path / "model-F16.gguf", "F16")
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    lines = heldout_lines(3000) + exam_texts()
+    ids = [sp.bos_id(), *sp.encode(lines[0])][:32]
+    result = check_file(path, lines, [ids], ids[:8], window=32, stride=16, generate_tokens=2)
+    matched = sum(got == want for got, want in zip(result["token_ids"], sp.encode(lines), strict=True))
+    assert matched == len(lines)

@@ -115,9 +115,11 @@ def _reference(
     model_dir: Path, documents: list[str], window: int, stride: int
 ) -> tuple[HeldOut, list[str], PerplexityResult]:
     """What every quantized file is compared with: the HF model's logits and perplexity on the held-out text."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    from zhllama.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, field="model")
     hf_tokens = list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
     document_tokens = [document_ids(tokenizer, text) for text in documents]
     logits_ids = document_tokens[0][:CHECK_TOKENS]
@@ -167,7 +169,9 @@ def _transformers_row(path: Path, heldout: HeldOut, with_perplexity: bool) -> di
 
 
 def _llama_cpp_row(path: Path, heldout: HeldOut) -> dict[str, Any]:
-    probe_texts = [TOKENIZER_PROBE, heldout.documents[0][:2000]]
+    # every held-out document, whole: llama.cpp must tokenize them as the HF tokenizer does (tied SentencePiece
+    # scores included, which both break by position)
+    probe_texts = [TOKENIZER_PROBE, *heldout.documents]
     try:
         result = check_file(
             path, probe_texts, heldout.document_tokens, heldout.logits_ids, heldout.window, heldout.stride
@@ -175,9 +179,11 @@ def _llama_cpp_row(path: Path, heldout: HeldOut) -> dict[str, Any]:
     except LlamaCppFailed as error:
         return {"loaded": False, "error": str(error)}
     hf_ids = [list(heldout.tokenizer(text, add_special_tokens=False).input_ids) for text in probe_texts]
+    matched = sum(ours == theirs for ours, theirs in zip(result["token_ids"], hf_ids, strict=True))
     return {
         "loaded": True,
-        "tokenization_matches_hf": result["token_ids"] == hf_ids,
+        "tokenization_matches_hf": matched == len(hf_ids),
+        "tokenization_matched": f"{matched}/{len(hf_ids)} texts",
         "ppl_per_char": math.exp(result["nll"] / heldout.characters),
         "tokens_per_second": result["tokens_per_second"],
         **compare_logits(torch.from_numpy(result["logits"]), heldout.reference_logits),

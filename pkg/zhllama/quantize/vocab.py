@@ -77,14 +77,9 @@ class GGUFVocab:
 
 def read_vocab(model_dir: Path) -> GGUFVocab:
     """The GGUF vocabulary of the tokenizer saved in `model_dir` (the merged model carries the tokenizer's files)."""
-    from transformers import AutoTokenizer
+    from zhllama.models.loading import load_tokenizer
 
-    try:
-        hf = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"{model_dir}: cannot load the tokenizer ({error}); the model directory needs its files"
-        ) from error
+    hf = load_tokenizer(model_dir, field="model")
     if (model_dir / "tokenizer.model").is_file():
         vocab = _sentencepiece_vocab(model_dir / "tokenizer.model", hf)
     elif (model_dir / "tokenizer.json").is_file():

@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
+from zhllama.models.sentencepiece_tokenizer import SentencePieceTokenizer
 from zhllama.spec import LoraSpec
 
 InitMethod = Literal["subtoken_mean", "mean", "random"]
@@ -185,11 +186,23 @@ def _subtoken_ids(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase, i
     if index in new.all_special_ids or index in new.added_tokens_decoder:
         return []
     piece = new.convert_ids_to_tokens(index)
-    # The tokenization model works on pieces in the vocabulary's own alphabet (▁ or byte-level), so the split is
-    # the one the base would make of that text, without normalizer or pre-tokenizer side effects.
-    ids = [token.id for token in base.backend_tokenizer.model.tokenize(piece)]
+    if isinstance(base, SentencePieceTokenizer):
+        ids = _sentencepiece_split(base, str(piece))
+    else:
+        # The tokenization model works on pieces in the vocabulary's own alphabet (▁ or byte-level), so the split
+        # is the one the base would make of that text, without normalizer or pre-tokenizer side effects.
+        ids = [token.id for token in base.backend_tokenizer.model.tokenize(piece)]
     unk = base.unk_token_id
     return [i for i in ids if i < base_rows and i != unk]
+
+
+def _sentencepiece_split(base: SentencePieceTokenizer, piece: str) -> list[int]:
+    """The base's SentencePiece split of a new piece's text: a leading ▁ comes from the dummy prefix, as when the
+    piece starts a word; a piece inside a word loses the ▁ piece the prefix adds before it."""
+    text = piece.replace("▁", " ")
+    ids: list[int] = base.sp_model.encode(text[1:] if piece.startswith("▁") else text)
+    space = base.sp_model.piece_to_id("▁")
+    return ids[1:] if not piece.startswith("▁") and ids[:1] == [space] else ids
 
 
 def new_row_values(
