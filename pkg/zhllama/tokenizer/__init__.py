@@ -1,4 +1,5 @@
-"""The tokenizer stage: extend a base vocabulary with Chinese pieces (Chinese-LLaMA's recipe).
+"""The tokenizer stage: extend a base vocabulary with Chinese pieces (Chinese-LLaMA's recipe), or take a ready
+tokenizer (Chinese-LLaMA's own) as it is; either way written so that every stage gets SentencePiece's exact ids.
 
 `build_tokenizer` is the whole stage as a plain function; `run_tokenizer` is its job glue.
 """

@@ -1,4 +1,5 @@
-"""Build the fast tokenizer (tokenizer.json) for a SentencePiece BPE model and write the HF tokenizer directory.
+"""Write the HF tokenizer directory: tokenizer.json (the fast tokenizer, built here for SentencePiece BPE models),
+or, for SentencePiece models a merge list cannot express (merge_order.py), the directory SentencePiece itself reads.
 
 transformers' own conversion of a merged SentencePiece model is not trusted (5.x builds a 3-token vocabulary from
 it); the BPE model is built here from the pieces and scores, and `parity.py` proves it against SentencePiece.
