@@ -102,7 +102,7 @@ def _competing_pairs(groups: list[list[str]], model: ModelProto) -> Iterator[tup
                 if left in vocab and right in vocab:
                     ending[right].append((piece, left))
                     starting[left].append((piece, right))
-        for middle in ending.keys() & starting.keys():
+        for middle in sorted(ending.keys() & starting.keys()):
             for first, left in ending[middle]:
                 for second, right in starting[middle]:
                     if first != second:
