@@ -7,7 +7,8 @@ FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# flash-attention builds for Ampere and newer (sm80+); set FLASH_ATTN=0 for older GPUs or a faster build.
+# flash-attention (Ampere and newer, sm80+): training's attn_implementation auto picks it where it imports, and
+# packed SFT runs its varlen kernel. FLASH_ATTN=0 for older GPUs or a faster build: training then uses sdpa.
 ARG FLASH_ATTN=1
 ARG VERSION=dev
 

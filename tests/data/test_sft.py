@@ -71,7 +71,7 @@ def test_prompt_tokens_carry_no_loss() -> None:
     examples = [SftExample(alpaca_prompt("重复"), "好的", "x:1"), SftExample(alpaca_prompt("说"), "是", "x:2")]
     report = SftReport()
     sequences = build_sft_sequences(examples, tokenizer, EOS, 512, packing=False, report=report)
-    for example, (ids, labels) in zip(examples, sequences, strict=True):
+    for example, (ids, labels, _) in zip(examples, sequences, strict=True):
         prompt = tokenizer.encode(example.prompt)
         assert ids.tolist() == prompt + tokenizer.encode(example.response, False) + [EOS]
         assert (labels[: len(prompt)] == IGNORE_INDEX).all()
@@ -91,10 +91,10 @@ def test_packing_keeps_masks_and_length_and_long_prompts_are_dropped() -> None:
     report = SftReport()
     unpacked = build_sft_sequences(examples, tokenizer, EOS, 24, packing=False, report=report)
     assert report.dropped_too_long == 1 and len(unpacked) == 10
-    packed = pack_sequences([(i.tolist(), lab.tolist()) for i, lab in unpacked], 24)
+    packed = pack_sequences([(i.tolist(), lab.tolist()) for i, lab, _ in unpacked], 24)
     assert len(packed) < len(unpacked)
-    assert all(len(ids) <= 24 and len(ids) == len(labels) for ids, labels in packed)
-    assert [t for _, labels in packed for t in labels] == [t for _, labels in unpacked for t in labels.tolist()]
+    assert all(len(ids) <= 24 and len(ids) == len(labels) == len(positions) for ids, labels, positions in packed)
+    assert [t for _, labels, _ in packed for t in labels] == [t for _, labels, _ in unpacked for t in labels.tolist()]
 
 
 def test_a_broken_line_fails_with_file_and_line_unless_skipped(tmp_path: Path) -> None:

@@ -28,13 +28,13 @@ def test_sft_masks_prompts_and_trains_on_base_plus_pretraining_adapter(tiny: dic
     records = [json.loads(line) for line in tiny["sft"].read_text(encoding="utf-8").splitlines()]
     first = records[0]
     prompt = tokenizer.encode(alpaca_prompt(first["instruction"], first["input"]))
-    ids, labels = dataset[0]
+    ids, labels, _ = dataset[0]
     assert ids[: len(prompt)].tolist() == prompt
     assert (labels[: len(prompt)] == IGNORE_INDEX).all()
     assert labels[len(prompt) :].tolist() == ids[len(prompt) :].tolist()
     assert ids[-1] == tokenizer.eos_token_id
     for index, record in enumerate(records):  # only the response and its eos are targets
-        ids, labels = dataset[index]
+        ids, labels, _ = dataset[index]
         targets = ids[labels != IGNORE_INDEX].tolist()
         assert targets == tokenizer.encode(record["output"], add_special_tokens=False) + [tokenizer.eos_token_id]
 

@@ -1,12 +1,11 @@
 """Training data: corpus files, the sharded token dataset (written by `prepare`, streamed by pretraining) and its
 weighted order, SFT examples with loss masks, batches."""
 
-from zhllama.data.batches import BlockData, SequenceData, collate, sample_indices
+from zhllama.data.batches import IGNORE_INDEX, BlockData, Sample, SequenceData, collate, sample_indices
 from zhllama.data.corpus import iter_documents, list_data_files
 from zhllama.data.encode import DocumentEncoder
 from zhllama.data.mixture import MixedOrder
 from zhllama.data.sft import (
-    IGNORE_INDEX,
     SftExample,
     SftReport,
     build_sft_sequences,
@@ -27,7 +26,8 @@ from zhllama.data.shards import (
 from zhllama.data.streaming import ShardedBlocks
 
 __all__ = [
-    "IGNORE_INDEX", "BlockData", "DatasetIndex", "DocumentEncoder", "MixedOrder", "SequenceData", "ShardedBlocks",
+    "IGNORE_INDEX", "BlockData", "DatasetIndex", "DocumentEncoder", "MixedOrder", "Sample", "SequenceData",
+    "ShardedBlocks",
     "SftExample", "SftReport", "UnitStats", "blocks_of_files", "build_sft_sequences", "collate", "iter_documents",
     "list_data_files",
     "pack_sequences", "read_dataset_index", "read_sft_examples", "read_unit_blocks", "record_examples",

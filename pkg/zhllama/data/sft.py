@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from zhllama.data.batches import IGNORE_INDEX as IGNORE_INDEX  # re-exported: forward.py and tests import it here
+from zhllama.data.batches import Sample
 from zhllama.errors import UserError
 from zhllama.prompts import alpaca_prompt, chat_prompt
 from zhllama.records import LineError, read_json_records
 
-IGNORE_INDEX = -100
 USER_ROLES = {"user", "human"}
 ASSISTANT_ROLES = {"assistant", "gpt", "bot", "model"}
 
@@ -153,19 +154,22 @@ def tokenize_example(
 
 def pack_sequences(
     sequences: Sequence[tuple[list[int], list[int]]], max_length: int
-) -> list[tuple[list[int], list[int]]]:
-    """Greedy first-fit in order: whole examples joined into sequences of at most `max_length` tokens."""
-    packed: list[tuple[list[int], list[int]]] = []
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """Greedy in order: whole examples joined into sequences of at most `max_length` tokens, with the positions of
+    each example counted from 0 (where they restart, attention is cut: no example sees another)."""
+    packed: list[tuple[list[int], list[int], list[int]]] = []
     ids: list[int] = []
     labels: list[int] = []
+    positions: list[int] = []
     for example_ids, example_labels in sequences:
         if ids and len(ids) + len(example_ids) > max_length:
-            packed.append((ids, labels))
-            ids, labels = [], []
+            packed.append((ids, labels, positions))
+            ids, labels, positions = [], [], []
         ids = ids + example_ids
         labels = labels + example_labels
+        positions = positions + list(range(len(example_ids)))
     if ids:
-        packed.append((ids, labels))
+        packed.append((ids, labels, positions))
     return packed
 
 
@@ -177,7 +181,7 @@ def build_sft_sequences(
     *,
     packing: bool,
     report: SftReport,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[Sample]:
     """Tokenized (and optionally packed) training sequences; the counts go into `report`."""
     sequences: list[tuple[list[int], list[int]]] = []
     for example in examples:
@@ -192,7 +196,13 @@ def build_sft_sequences(
         raise UserError(
             f"data: every SFT prompt is longer than block_size={max_length} tokens; raise block_size"
         )
-    if packing:
-        sequences = pack_sequences(sequences, max_length)
-    report.sequences = len(sequences)
-    return [(np.asarray(i, dtype=np.int64), np.asarray(lab, dtype=np.int64)) for i, lab in sequences]
+    if not packing:
+        report.sequences = len(sequences)
+        return [Sample(_array(ids), _array(labels)) for ids, labels in sequences]
+    packed = pack_sequences(sequences, max_length)
+    report.sequences = len(packed)
+    return [Sample(_array(ids), _array(labels), _array(positions)) for ids, labels, positions in packed]
+
+
+def _array(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)

@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from zhllama.data.batches import Sample
 from zhllama.data.mixture import MixedOrder
 from zhllama.data.shards import DatasetIndex, open_shard
 from zhllama.store import ArtifactStore
@@ -49,11 +50,11 @@ class ShardedBlocks:
         self._read_ahead(order, start + count)
         return order.indices(start, count)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> Sample:
         number = self._shard_number(index)
         row = index - (int(self.ends[number - 1]) if number else 0)
         ids = np.asarray(self._shard(number)[row], dtype=np.int64)
-        return ids, ids
+        return Sample(ids, ids)
 
     def wait_prefetch(self) -> None:
         if self._prefetcher is not None:

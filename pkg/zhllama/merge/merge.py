@@ -22,6 +22,7 @@ from zhllama.errors import UserError
 from zhllama.merge.adapters import EMBED, LM_HEAD, Adapter, read_adapter
 from zhllama.merge.shards import StoredTensor, index_safetensors, read_tensor, write_shards
 from zhllama.models import copy_tokenizer_files, locate_model
+from zhllama.models.adapter_vocab import real_rows
 from zhllama.models.dtypes import TORCH_DTYPES
 from zhllama.models.loading import load_tokenizer, tokenizer_directory
 
@@ -45,7 +46,8 @@ class MergePlan:
         """The merged tensor: the last full copy an adapter carries (else the base), plus later LoRA deltas."""
         start = max((i for i, a in enumerate(self.adapters) if name in a.replacements), default=-1)
         if start >= 0:
-            weight = self.adapters[start].replacement(name).float()
+            # rows past the vocabulary are the adapter's padding (_check_adapter let only those through)
+            weight = self.adapters[start].replacement(name).float()[: self.vocab_size]
         else:
             source = self.base_sources.get(name, name)
             weight = read_tensor(self.base[source].file, source).float()
@@ -197,7 +199,7 @@ def _check_adapter(
                 f"adapter {adapter.path}: {name} has hidden size {shape[-1]} but the base has {hidden}; "
                 "it was trained for another architecture"
             )
-        if shape[0] != vocab_size:
+        if real_rows(adapter.path, shape[0]) != vocab_size:
             raise UserError(
                 f"adapter {adapter.path}: {name} has {shape[0]} rows but the tokenizer {tokenizer} has "
                 f"{vocab_size} tokens; it was trained for another vocabulary, merge with its own tokenizer"

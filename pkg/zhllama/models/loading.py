@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
+from zhllama.models.adapter_vocab import adapter_vocab
 from zhllama.models.paths import ModelFiles, locate_model, locate_tokenizer, tokenizer_of
 from zhllama.models.sentencepiece_tokenizer import is_sentencepiece_directory, load_sentencepiece_tokenizer
 
@@ -55,8 +56,9 @@ def load_causal_lm(
 
     `model` is an HF directory, a `.gguf` file, or a directory holding `gguf_file`. The tokenizer comes from
     `tokenizer`, else from the last adapter that ships one (the SFT adapter carries the extended vocabulary),
-    else from the model. The base's embeddings are resized to the tokenizer's length before the adapters load,
-    because adapters trained on the extended vocabulary save full embed_tokens/lm_head of that size.
+    else from the model. The base's embeddings are resized to the rows each adapter was trained with before it
+    loads (adapters trained on the extended vocabulary save full embed_tokens/lm_head of that size, padding
+    included); the model returned has the tokenizer's rows.
     """
     files = locate_model(model, field="model", gguf_file=gguf_file, choose_with="gguf_file")
     tokenizer_files = locate_tokenizer(tokenizer) if tokenizer is not None else tokenizer_of(files, adapters)
@@ -81,22 +83,40 @@ def load_spec_model(ctx: RunContext, spec: EvalSpec | GenerateSpec) -> tuple[tor
 
 
 def _apply_adapters(base: PreTrainedModel, adapters: list[Path], vocab_size: int) -> torch.nn.Module:
+    """Each adapter is loaded at the rows it was trained with (its padding included); a model whose last adapter
+    carries padding rows is cut to the tokenizer's rows, as the merge stage writes it, so no padding id is ever
+    sampled or scored."""
     from peft import PeftModel
 
-    embeddings = cast(torch.nn.Embedding, base.get_input_embeddings())
-    if embeddings.num_embeddings != vocab_size:
-        base.resize_token_embeddings(vocab_size)
     model: torch.nn.Module = base
+    rows = vocab_size
     for index, adapter in enumerate(adapters):
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"adapters: {adapter} is not a PEFT adapter directory (no adapter_config.json); "
                             "pass a training stage's adapter output")
+        vocab = adapter_vocab(adapter)
+        if vocab is not None and vocab.tokens != vocab_size:
+            raise UserError(f"adapters: {adapter} was trained with a tokenizer of {vocab.tokens} tokens but the "
+                            f"tokenizer has {vocab_size}; pass the tokenizer that adapter was trained with")
+        rows = vocab.rows if vocab is not None else vocab_size
+        _resize_rows(cast(PreTrainedModel, model), rows)
         peft_model = PeftModel.from_pretrained(model, adapter)
         # PEFT cannot activate two adapters that both carry modules_to_save (embed_tokens/lm_head), so every
         # adapter but the last is folded into the in-memory weights: the same W + dW1 + dW2 the stages trained.
+        # A PEFT model cannot be cut to the tokenizer's rows: the last is folded too where it carries padding.
         is_last = index == len(adapters) - 1
-        model = peft_model if is_last else peft_model.merge_and_unload()
+        model = peft_model if is_last and rows == vocab_size else peft_model.merge_and_unload()
+    if rows != vocab_size:
+        _resize_rows(cast(PreTrainedModel, model), vocab_size)
     return model
+
+
+def _resize_rows(model: PreTrainedModel, rows: int) -> None:
+    """embed_tokens and lm_head to `rows` rows (new rows are an adapter's to fill, cut rows are padding)."""
+    # PEFT's merge_and_unload sets tie_word_embeddings=False where the folded adapter trained embed_tokens and
+    # lm_head apart, so this resize does not tie them again.
+    if cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings != rows:
+        model.resize_token_embeddings(rows)
 
 
 def context_length(model: torch.nn.Module) -> int:

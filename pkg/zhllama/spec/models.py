@@ -153,6 +153,16 @@ class TrainSpec(StageSpec):
     """DeepSpeed ZeRO stage (the paper: 2); 0 trains without DeepSpeed."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention kernel: auto is flash_attention_2 on an Ampere-or-newer CUDA GPU where flash-attn is installed and
+    precision is bf16/fp16, else sdpa. Packed SFT examples attend only within themselves under every choice (varlen
+    flash attention, or a block mask built from their restarting position ids)."""
+    fused_cross_entropy: Literal["auto", "liger", "chunked", "off"] = "auto"
+    """Loss without the full fp32 logits: liger (Liger kernel's fused linear + cross-entropy, CUDA), chunked (the
+    head and loss a slice of tokens at a time, in PyTorch), off (the model's own loss). auto: liger on CUDA where
+    liger-kernel is installed, else off. Not with zero_stage 3 (the head is partitioned)."""
+    compile: bool = False
+    """torch.compile each decoder layer (off by default until a GPU check shows the gain on this recipe)."""
     log_every: int = Field(10, ge=1)
     """Steps between metric records."""
     checkpoint_every: int = Field(100, ge=1)
@@ -188,14 +198,22 @@ class TrainSpec(StageSpec):
         return [check_uri(v) for v in values]
 
     @model_validator(mode="after")
-    def _data_fits_the_stage(self) -> TrainSpec:
-        if self.stage == "sft":
-            weighted = [source.uri for source in self.data if source.weight != 1]
-            if weighted:
-                raise ValueError(f"data: {', '.join(weighted)}: weights apply to pretraining; SFT reads every "
-                                 "example once per epoch, so drop the weight")
-            if self.dataset:
-                raise ValueError("dataset: SFT tokenizes its own examples; a prepared dataset is for pretrain")
+    def _consistent(self) -> TrainSpec:
+        problems = []
+        weighted = [source.uri for source in self.data if source.weight != 1]
+        if self.stage == "sft" and weighted:
+            problems.append(f"data: {', '.join(weighted)}: weights apply to pretraining; SFT reads every example "
+                            "once per epoch, so drop the weight")
+        if self.stage == "sft" and self.dataset:
+            problems.append("dataset: SFT tokenizes its own examples; a prepared dataset is for pretrain")
+        if self.fused_cross_entropy in ("liger", "chunked") and self.zero_stage == 3 and self.bits == 16:
+            problems.append(f"fused_cross_entropy: {self.fused_cross_entropy} reads lm_head's weight whole, and "
+                            "zero_stage 3 partitions it; use zero_stage 2, or fused_cross_entropy auto/off")
+        if self.compile and self.zero_stage == 3 and self.bits == 16:
+            problems.append("compile: ZeRO-3 gathers each layer's weights in hooks that a compiled layer does not "
+                            "run; use zero_stage 2, or compile false")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def input_uris(self) -> dict[str, str | list[str]]:

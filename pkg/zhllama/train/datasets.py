@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from zhllama.data import SequenceData, build_sft_sequences, read_sft_examples
+from zhllama.data import Sample, SequenceData, build_sft_sequences, read_sft_examples
 from zhllama.data.shards import DatasetIndex, read_dataset_index, write_dataset_index
 from zhllama.data.streaming import ShardedBlocks
 from zhllama.errors import UserError
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 class Dataset(Protocol):
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def __getitem__(self, index: int) -> Sample: ...
 
     def indices(self, seed: int, start: int, count: int) -> list[int]:
         """The dataset indices of global sample positions start..start+count: a pure function of its arguments."""

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -21,34 +21,59 @@ from zhllama.errors import UserError
 from zhllama.models.dtypes import torch_dtype
 from zhllama.spec import TrainSpec
 from zhllama.train.distributed import DistEnv
+from zhllama.train.forward import FusedLoss, training_forward
 
 DEEPSPEED_TAG = "deepspeed"
 ENGINE_FILE = "engine.pt"
 
 
+FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 100, "hysteresis": 2,
+                     "min_loss_scale": 1}
+"""Dynamic fp16 loss scaling as Chinese-LLaMA-Alpaca's ds_zero2_no_offload.json sets it: the resized embeddings
+overflow fp16 in the first steps, and a scale that regrows only every 1000 clean steps stays collapsed. The
+reference's floor, 1e-10, meant none: the DeepSpeed of its day truncated it to the integer 0. DeepSpeed 0.19 takes
+only a positive integer there (it refuses 1e-10 and 0), so DeepSpeed's floor is 1; the plain engine's GradScaler has
+no floor at all."""
+
+
+def auto_precision(device_type: str, native_bf16: bool) -> str:
+    """bf16 where the GPU computes it natively, fp16 (with loss scaling) on one that only emulates it (V100, T4),
+    fp32 on CPU."""
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if native_bf16 else "fp16"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto is bf16 on a GPU that has it (else fp16), fp32 on CPU; fp16 on CPU is refused."""
+    """The precision `precision` means on `device`; fp16 on CPU is refused."""
     if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # torch counts bf16 emulation as support unless told not to: V100/T4 would train 16-bit at fp32 speed.
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return auto_precision(device.type, native)
     if precision == "fp16" and device.type != "cuda":
         raise UserError("precision=fp16 needs a GPU; use precision=fp32 (or auto) on CPU")
     return precision
 
 
 def lr_lambda(spec: TrainSpec, delay: int = 0) -> Callable[[int], float]:
-    """Linear warmup, then cosine/linear decay to 0 or constant; a group with `delay` stays at 0 until then."""
-    warmup = int(spec.max_steps * spec.warmup_ratio)
+    """Linear warmup, then cosine/linear decay to 0 or constant, over steps delay..max_steps.
+
+    A group with a `delay` (LoRA after `embedding_only_steps`) stays at 0 until then and gets a schedule of its own
+    over the steps it trains: warmup_ratio of them warming up, as the reference's separate stage-2 run had, instead
+    of jumping from 0 to nearly its peak.
+    """
+    span = spec.max_steps - delay
+    warmup = int(span * spec.warmup_ratio)
 
     def factor(step: int) -> float:
         if step < delay:
             return 0.0
+        step -= delay
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if spec.lr_scheduler == "constant":
             return 1.0
-        progress = (step - warmup) / max(1, spec.max_steps - warmup)
+        progress = (step - warmup) / max(1, span - warmup)
         if spec.lr_scheduler == "linear":
             return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -79,6 +104,13 @@ def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> tuple[torch.opti
     return optimizer, LambdaLR(optimizer, lambdas)
 
 
+class OptimizerStep(NamedTuple):
+    grad_norm: torch.Tensor
+    """Before clipping; inf/nan on an overflow."""
+    skipped: torch.Tensor
+    """True when fp16 loss scaling found an overflow and skipped the update (the scale halves instead)."""
+
+
 class Engine(Protocol):
     model: torch.nn.Module
     partitioned: bool
@@ -86,8 +118,8 @@ class Engine(Protocol):
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor: ...
 
-    def step(self) -> torch.Tensor:
-        """The optimizer step after the accumulated micro-batches; returns the gradient norm before clipping."""
+    def step(self) -> OptimizerStep:
+        """The optimizer step after the accumulated micro-batches (skipped on an fp16 overflow)."""
         ...
 
     def current_lr(self) -> float: ...
@@ -110,7 +142,8 @@ class PlainEngine:
 
     partitioned = False
 
-    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
+    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str,
+                 fused_loss: FusedLoss = "off") -> None:
         self.model = model
         self.spec = spec
         self.device = env.device
@@ -120,13 +153,16 @@ class PlainEngine:
                 param.data = param.data.float()
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(model, spec)
-        self.forward_model: torch.nn.Module = model
+        self.forward_model = training_forward(model, fused_loss)
         if env.place.world_size > 1:
             self.forward_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+                self.forward_model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
         self.autocast_dtype = torch_dtype(precision) if precision != "fp32" else None
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            env.device.type, enabled=precision == "fp16", init_scale=2.0 ** FP16_LOSS_SCALING["initial_scale_power"],
+            growth_interval=int(FP16_LOSS_SCALING["loss_scale_window"]),
+        )
 
     def forward_backward(self, batch: dict[str, torch.Tensor], last_micro_step: bool) -> torch.Tensor:
         no_sync = getattr(self.forward_model, "no_sync", None)  # DDP: all-reduce only on the last micro-batch
@@ -138,14 +174,17 @@ class PlainEngine:
             self.scaler.scale(loss / self.spec.grad_accum_steps).backward()
         return loss.detach()
 
-    def step(self) -> torch.Tensor:
+    def step(self) -> OptimizerStep:
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.max_grad_norm)
+        # The scaler skips the update exactly when an unscaled gradient is inf/nan, which makes the norm so: read
+        # that from the norm on the device instead of syncing for the scaler's own flag.
+        skipped = ~torch.isfinite(norm) if self.scaler.is_enabled() else torch.zeros((), dtype=torch.bool)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return OptimizerStep(norm, skipped)
 
     def current_lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
@@ -189,8 +228,7 @@ def deepspeed_config(spec: TrainSpec, world_size: int, precision: str, on_gpu: b
         "gradient_clipping": spec.max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
-                 "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {"enabled": precision == "fp16", **FP16_LOSS_SCALING},
         # A plain torch AdamW: DeepSpeed's fused CPU/GPU Adam ops would need compiling on every machine.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
@@ -203,7 +241,8 @@ class DeepSpeedEngine:
 
     partitioned = True
 
-    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> None:
+    def __init__(self, model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str,
+                 fused_loss: FusedLoss = "off") -> None:
         import deepspeed
 
         self.model = model
@@ -211,7 +250,7 @@ class DeepSpeedEngine:
         self.config = deepspeed_config(spec, env.place.world_size, precision, env.device.type == "cuda")
         optimizer, scheduler = build_optimizer(model, spec)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config,
+            model=training_forward(model, fused_loss), optimizer=optimizer, lr_scheduler=scheduler, config=self.config,
             dist_init_required=False,
         )
 
@@ -222,10 +261,11 @@ class DeepSpeedEngine:
             self.engine.step()  # DeepSpeed only accumulates here; the real step happens at the boundary
         return loss.detach()
 
-    def step(self) -> torch.Tensor:
+    def step(self) -> OptimizerStep:
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return norm if isinstance(norm, torch.Tensor) else torch.tensor(float(norm or 0.0))
+        return OptimizerStep(norm if isinstance(norm, torch.Tensor) else torch.tensor(float(norm or 0.0)),
+                             torch.tensor(not self.engine.was_step_applied()))
 
     def current_lr(self) -> float:
         return float(self.engine.get_lr()[0])
@@ -253,15 +293,18 @@ class DeepSpeedEngine:
             raise UserError(f"checkpoint shares {sorted(shares)}: DeepSpeed found no state in them; delete them")
 
 
-def build_engine(model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str) -> Engine:
+def build_engine(model: torch.nn.Module, spec: TrainSpec, env: DistEnv, precision: str,
+                 fused_loss: FusedLoss = "off") -> Engine:
     """DeepSpeed for ZeRO-2/3 of a 16-bit base; plain PyTorch (DDP across ranks) otherwise.
 
     A bitsandbytes-quantized base stays on its device as loaded: ZeRO would re-cast and partition its weights,
     so 8/4-bit runs replicate the frozen base per rank (DDP) and only the small trained tensors are reduced.
+    Either runs its forward pass through `training_forward(model, fused_loss)`; `engine.model` stays `model`, which
+    is what saves and loads.
     """
     if spec.zero_stage == 0 or spec.bits != 16:
         if spec.zero_stage and env.place.is_main:
             print(f"bits={spec.bits}: training with DDP; zero_stage={spec.zero_stage} applies to 16-bit bases only",
                   flush=True)
-        return PlainEngine(model, spec, env, precision)
-    return DeepSpeedEngine(model, spec, env, precision)
+        return PlainEngine(model, spec, env, precision, fused_loss)
+    return DeepSpeedEngine(model, spec, env, precision, fused_loss)

@@ -46,10 +46,21 @@ class StepOutcome:
     loss: torch.Tensor
     """Mean over the micro-batches (on the device)."""
     grad_norm: torch.Tensor
+    skipped: torch.Tensor
+    """True when fp16 loss scaling skipped the update (on the device)."""
     tokens: int
     """Non-padding tokens this rank read."""
     batch_crc: int
     """CRC of the dataset indices this rank read: equal across a kill and resume when the data order is."""
+
+
+@dataclass(frozen=True)
+class WindowMetrics:
+    loss: float
+    tokens_per_s: float
+    mfu: float | None
+    skipped_steps: list[int]
+    """Steps in the window whose update fp16 loss scaling skipped (an overflow)."""
 
 
 @dataclass
@@ -62,27 +73,34 @@ class MetricWindow:
     """The device's peak FLOP/s, for the MFU column; None where it is not known (CPU, an unlisted GPU)."""
     steps: int = 0
     tokens: int = 0
+    skipped: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    """(step, skipped flag on the device) of each step in the window, read when it closes."""
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def open(cls, model: torch.nn.Module, block_size: int, device: torch.device) -> MetricWindow:
         return cls(torch.zeros((), device=device), flops_per_token(model, block_size), peak_flops(device))
 
-    def add(self, outcome: StepOutcome) -> None:
+    def add(self, step: int, outcome: StepOutcome) -> None:
         self.loss += outcome.loss
         self.steps += 1
         self.tokens += outcome.tokens
+        self.skipped.append((step, outcome.skipped))
 
-    def close(self, env: DistEnv) -> tuple[float, float, float | None]:
-        """The window's mean loss and tokens/s over all ranks, and its MFU; then starts the next window."""
+    def close(self, env: DistEnv) -> WindowMetrics:
+        """The window's metrics over all ranks; then starts the next window."""
+        # A skipped step's loss is still the loss of its batch (the update was dropped, not the forward pass).
         loss = all_ranks_mean(self.loss / self.steps, env).item()
         tokens_per_s = self.tokens * env.place.world_size / (time.perf_counter() - self.started)
         mfu = (self.flops_per_token * tokens_per_s / (self.peak_flops * env.place.world_size)
                if self.peak_flops is not None else None)
+        # Every rank skips together (the overflow check is global), so rank 0's flags speak for the job.
+        skipped = [step for step, flag in self.skipped if bool(flag)]
         self.loss.zero_()
         self.steps = self.tokens = 0
+        self.skipped = []
         self.started = time.perf_counter()
-        return loss, tokens_per_s, mfu
+        return WindowMetrics(loss, tokens_per_s, mfu, skipped)
 
 
 def fit(s: TrainSetup) -> TrainResult:
@@ -97,7 +115,7 @@ def fit(s: TrainSetup) -> TrainResult:
     while step < spec.max_steps:
         outcome = train_step(s, samples)
         step, samples = step + 1, samples + s.global_batch
-        window.add(outcome)
+        window.add(step, outcome)
         metrics.advance()
         if step % spec.log_every == 0 or step == spec.max_steps:
             final_loss = log_window(s, window, metrics, step, samples, outcome)
@@ -120,29 +138,37 @@ def train_step(s: TrainSetup, samples: int) -> StepOutcome:
         # the global position alone fixes which (a resumed run reads exactly what the killed one would have).
         start = samples + (micro * env.place.world_size + env.place.rank) * spec.micro_batch_size
         indices = s.data.indices(spec.seed, start, spec.micro_batch_size)
-        batch = collate([s.data[i] for i in indices], s.pad_id)
+        items = [s.data[i] for i in indices]
+        batch = collate(items, s.pad_id)
         batch_crc = zlib.crc32(np.asarray(indices, dtype=np.int64).tobytes(), batch_crc)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += sum(len(item.input_ids) for item in items)  # a packed batch has no attention_mask to count
         batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
         step_loss += s.engine.forward_backward(batch, last_micro_step=micro == spec.grad_accum_steps - 1)
-    grad_norm = s.engine.step()
-    return StepOutcome(step_loss / spec.grad_accum_steps, grad_norm, tokens, batch_crc)
+    grad_norm, skipped = s.engine.step()
+    return StepOutcome(step_loss / spec.grad_accum_steps, grad_norm, skipped, tokens, batch_crc)
 
 
 def log_window(s: TrainSetup, window: MetricWindow, metrics: MetricsLog, step: int, samples: int,
                last: StepOutcome) -> float:
     """Write the window's metrics line (loss, speed, MFU; lr, grad norm and crc of the `last` step); its loss."""
-    loss, tokens_per_s, mfu = window.close(s.env)
-    if not np.isfinite(loss):
-        raise UserError(f"training diverged at step {step} (loss {loss}); lower lr or use bf16/fp32")
+    closed = window.close(s.env)
+    if not np.isfinite(closed.loss):
+        raise UserError(f"training diverged at step {step} (loss {closed.loss}); lower lr or use bf16/fp32")
     entry: dict[str, Any] = {
-        "step": step, "loss": loss, "lr": s.engine.current_lr(), "grad_norm": float(last.grad_norm),
-        "tokens_per_s": tokens_per_s, "samples": samples, "batch_crc": last.batch_crc,
+        "step": step, "loss": closed.loss, "lr": s.engine.current_lr(), "grad_norm": _finite_or_none(last.grad_norm),
+        "tokens_per_s": closed.tokens_per_s, "samples": samples, "batch_crc": last.batch_crc,
+        "skipped_steps": closed.skipped_steps,
     }
-    if mfu is not None:
-        entry["mfu"] = mfu
+    if closed.mfu is not None:
+        entry["mfu"] = closed.mfu
     metrics.log(entry)
-    return loss
+    return closed.loss
+
+
+def _finite_or_none(value: torch.Tensor) -> float | None:
+    """An overflowed step's gradient norm is inf: metrics.jsonl stays strict JSON with null there."""
+    number = float(value)
+    return number if np.isfinite(number) else None
 
 
 def save_checkpoint(s: TrainSetup, checkpoints: Checkpoints, step: int, samples: int) -> None:

@@ -16,6 +16,9 @@ the spec, and checked against measured peaks (tests/train/test_memory_plan.py, b
   gradient checkpointing only each layer's input, plus one layer recomputed in the backward pass.
 - logits: the loss upcasts them to fp32 and log_softmax saves its fp32 output; at the start of the backward pass
   that output, its incoming gradient and the gradient it returns coexist: 12 bytes per vocabulary row per token.
+  A fused loss (fused_cross_entropy liger/chunked, train/forward.py) holds that for one slice of tokens at a time;
+  Liger also keeps the gradients it computes in the forward pass (hidden states', trained head's) until the
+  backward. auto is planned as off: the machine planning cannot tell whether the training image has liger-kernel.
 - runtime: on CPU the measured resident set of a process that imported the training code and loaded two
   tokenizers of the run's size (train/runtime_probe.py); on GPU a reserve for what lives outside torch's allocator.
 - load (CPU): from_pretrained maps the safetensors file and, when the dtype changes, converts every tensor; the
@@ -37,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 from zhllama.errors import UserError
 from zhllama.spec import TrainSpec
 from zhllama.train.architecture import KNOWN_ARCHITECTURES, Architecture
+from zhllama.train.engine import auto_precision
+from zhllama.train.forward import slice_tokens
 from zhllama.train.runtime_probe import cpu_runtime_bytes, peak_rss_bytes
 
 if TYPE_CHECKING:
@@ -67,7 +72,8 @@ class _Regime:
 
 def _regime(spec: TrainSpec, world_size: int, device_type: str) -> _Regime:
     cuda = device_type == "cuda"
-    precision = spec.precision if spec.precision != "auto" else ("bf16" if cuda else "fp32")
+    # Planned before any GPU is seen: auto's fp16 fallback (bf16 only emulated) costs the same 2 bytes as bf16.
+    precision = spec.precision if spec.precision != "auto" else auto_precision(device_type, native_bf16=True)
     compute = 4 if precision == "fp32" else 2
     deepspeed = spec.zero_stage > 0 and spec.bits == 16
     return _Regime(deepspeed, spec.zero_stage if deepspeed else 0, compute, not deepspeed and compute == 2, cuda,
@@ -113,6 +119,18 @@ def _training_state(spec: TrainSpec, arch: Architecture, rg: _Regime) -> dict[st
             "optimizer_states": 8 * trained // n,
             "comm_buffers": int(REDUCE_BUCKET * rg.compute * (2 if rg.cuda else 1)),  # overlap_comm double-buffers
             "step_transient": 4 * trained // n}  # the fp32 gradient partition of the optimizer step
+
+
+def _logits(spec: TrainSpec, arch: Architecture, rg: _Regime, tokens: int) -> int:
+    """The loss's peak beyond the activations: the logits' 12 bytes per row per token, fused or not."""
+    if spec.fused_cross_entropy not in ("liger", "chunked"):
+        return 12 * arch.vocab_rows * tokens
+    one_slice = 12 * arch.vocab_rows * slice_tokens(tokens, arch.vocab_rows, arch.hidden)
+    if spec.fused_cross_entropy == "chunked":
+        return one_slice
+    trained = 4 if not rg.deepspeed else rg.compute  # the dtype of the hidden states and of the trained head
+    head = arch.embedding_params if "lm_head" in spec.lora.modules_to_save else 0
+    return one_slice + trained * (tokens * arch.hidden + head)
 
 
 def _layer_bytes(spec: TrainSpec, arch: Architecture, rg: _Regime) -> tuple[int, int]:
@@ -282,12 +300,16 @@ class MemoryPlan:
             kept = "keeps" if micro * accum == spec.micro_batch_size * spec.grad_accum_steps else "about keeps"
             candidates[f"micro_batch_size={micro} (grad_accum_steps={accum} {kept} the global batch)"] = {
                 "micro_batch_size": micro, "grad_accum_steps": accum}
+        if spec.fused_cross_entropy in ("auto", "off") and not (spec.zero_stage == 3 and spec.bits == 16):
+            candidates["fused_cross_entropy=chunked"] = {"fused_cross_entropy": "chunked"}
         if spec.bits == 16 and spec.zero_stage < 3 and self.world_size > 1:
             candidates["zero_stage=3"] = {"zero_stage": 3}
         plans = {name: self._with(**update) for name, update in candidates.items()}
         fitting = [f"{name} (estimate {_gib(p.total_bytes)} GiB)" for name, p in plans.items() if p.fits]
         if fitting:
             return "set " + ", or ".join(fitting)
+        if "zero_stage=3" in candidates:  # a chunked loss reads the head whole, which ZeRO-3 partitions
+            candidates.pop("fused_cross_entropy=chunked", None)
         together = {k: v for update in candidates.values() for k, v in update.items()}
         combined = self._with(**together)
         names = " and ".join(name.split(" ")[0] for name in candidates)
@@ -344,7 +366,7 @@ def estimate_for_run(spec: TrainSpec, arch: Architecture, world_size: int, devic
         frozen_embeddings=embeddings, **state,
         activations_full=_activations(spec, arch, rg, False),
         activations_checkpointed=_activations(spec, arch, rg, True),
-        logits=12 * arch.vocab_rows * tokens,
+        logits=_logits(spec, arch, rg, tokens),
         autocast_copies=rg.compute * arch.embedding_params if rg.autocast and head_fp32 else 0,
         zero3_gathered=gathered, load_peak=load, limit_bytes=_limit_bytes(spec, device_type),
         gradient_checkpointing=spec.gradient_checkpointing,

@@ -8,21 +8,21 @@ Embeddings and head are untied before wrapping: both are trained in full and sav
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import is_flash_attn_2_available
 
 from zhllama.errors import UserError
+from zhllama.models.adapter_vocab import ADAPTER_RECORD as ADAPTER_RECORD
+from zhllama.models.adapter_vocab import adapter_vocab, padded_size
 from zhllama.models.sentencepiece_tokenizer import SentencePieceTokenizer
 from zhllama.spec import LoraSpec
 
 InitMethod = Literal["subtoken_mean", "mean", "random"]
-ADAPTER_RECORD = "zhllama_adapter.json"
 
 
 def check_quantization_supported(bits: int) -> None:
@@ -35,9 +35,39 @@ def check_quantization_supported(bits: int) -> None:
         raise UserError(f"bits={bits} needs the bitsandbytes package: pip install bitsandbytes, or use bits=16")
 
 
-def load_base(model_dir: Path, dtype: torch.dtype, bits: int, device: torch.device) -> PreTrainedModel:
-    """The frozen base; with bits 8/4 the linear layers are quantized and embeddings/head stay full precision."""
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+def resolve_attn_implementation(choice: str, device: torch.device, precision: str) -> str:
+    """The attention `attn_implementation` means for a run at `precision` on `device`: auto is flash-attention 2
+    where it runs (an sm80+ CUDA GPU, the flash-attn package, 16-bit precision), else sdpa; an explicit
+    flash_attention_2 that cannot run is refused."""
+    missing = _flash_attention_missing(device, precision)
+    if choice == "auto":
+        return "sdpa" if missing else "flash_attention_2"
+    if choice == "flash_attention_2" and missing:
+        raise UserError(f"attn_implementation=flash_attention_2 needs {missing}; use attn_implementation=sdpa "
+                        "(or auto)")
+    return choice
+
+
+def _flash_attention_missing(device: torch.device, precision: str) -> str | None:
+    """What flash-attention 2 lacks on `device` at `precision`; None when it can run."""
+    if device.type != "cuda":
+        return "a CUDA GPU"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "an Ampere or newer GPU (sm80+)"
+    if not is_flash_attn_2_available():  # the check from_pretrained makes
+        return "the flash-attn package (pip install flash-attn --no-build-isolation)"
+    if precision == "fp32":
+        return "precision bf16 or fp16 (its kernels take no fp32)"
+    return None
+
+
+def load_base(model_dir: Path, dtype: torch.dtype, bits: int, device: torch.device, *,
+              attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """The frozen base; with bits 8/4 the linear layers are quantized and embeddings/head stay full precision.
+
+    `attn_implementation` is what `resolve_attn_implementation` chose (the recipe's build_model resolves it).
+    """
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "attn_implementation": attn_implementation}
     if bits in (8, 4):
         from transformers import BitsAndBytesConfig
 
@@ -57,6 +87,9 @@ def load_base(model_dir: Path, dtype: torch.dtype, bits: int, device: torch.devi
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # Training never reads a KV cache back, and with one transformers would not cut packed examples apart (it
+    # derives their mask from position_ids only without a cache).
+    model.config.use_cache = False
     model.requires_grad_(False)
     return model
 
@@ -164,10 +197,6 @@ def input_embeddings(model: PreTrainedModel) -> torch.nn.Embedding:
 
 def output_embeddings(model: PreTrainedModel) -> torch.nn.Linear:
     return cast(torch.nn.Linear, model.get_output_embeddings())
-
-
-def padded_size(size: int, multiple: int) -> int:
-    return math.ceil(size / multiple) * multiple
 
 
 def check_extends(base: PreTrainedTokenizerBase, new: PreTrainedTokenizerBase) -> None:
@@ -294,18 +323,23 @@ def _resize_partitioned(
     model.config.vocab_size = rows
 
 
-def merge_adapters(model: PreTrainedModel, adapter_dirs: list[Path], tokenizer_rows: int) -> PreTrainedModel:
-    """Merge trained adapters into the base in order (SFT trains on base + the pretraining adapter)."""
+def merge_adapters(model: PreTrainedModel, adapter_dirs: list[Path], tokenizer_size: int) -> PreTrainedModel:
+    """Merge trained adapters into the base in order (SFT trains on base + the pretraining adapter).
+
+    Each is loaded at the rows it was trained with, padding included: padding rows are never an input id, and
+    this run's resize_vocabulary pads from there to its own pad_vocab_multiple.
+    """
     for adapter_dir in adapter_dirs:
-        rows = adapter_rows(adapter_dir)
-        if rows is not None and rows != tokenizer_rows:
+        vocab = adapter_vocab(adapter_dir)
+        if vocab is not None and vocab.tokens != tokenizer_size:
             raise UserError(
-                f"base_adapters: {adapter_dir} was trained with {rows} vocabulary rows but this tokenizer gives "
-                f"{tokenizer_rows}; use the tokenizer (and pad_vocab_multiple) that adapter was trained with"
+                f"base_adapters: {adapter_dir} was trained with a tokenizer of {vocab.tokens} tokens "
+                f"({vocab.rows} rows) but this tokenizer has {tokenizer_size}; use the tokenizer that adapter was "
+                "trained with"
             )
-        if rows is not None and full_shape(input_embeddings(model).weight)[0] != rows:
-            model.resize_token_embeddings(rows, mean_resizing=False)
-            model.config.vocab_size = rows
+        if vocab is not None and full_shape(input_embeddings(model).weight)[0] != vocab.rows:
+            model.resize_token_embeddings(vocab.rows, mean_resizing=False)
+            model.config.vocab_size = vocab.rows
         if is_zero3_model(model):
             model = _merge_partitioned(PeftModel.from_pretrained(model, adapter_dir))
         else:
@@ -333,14 +367,6 @@ def _merge_partitioned(peft_model: PeftModel) -> PreTrainedModel:
         if any(not is_partitioned(p) for p in trained.parameters()):
             deepspeed.zero.Init(module=trained, config_dict_or_path=_ds_config())
     return model
-
-
-def adapter_rows(adapter_dir: Path) -> int | None:
-    """Vocabulary rows an adapter was trained with (from its record), None if it did not resize."""
-    record = adapter_dir / ADAPTER_RECORD
-    if not record.exists():
-        return None
-    return int(json.loads(record.read_text(encoding="utf-8"))["rows"])
 
 
 def add_lora(model: PreTrainedModel, lora: LoraSpec, gradient_checkpointing: bool) -> PeftModel:

@@ -36,6 +36,7 @@ from zhllama.train.checkpoint import Checkpoints, TrainerState
 from zhllama.train.datasets import Dataset, pretrain_dataset, sft_dataset
 from zhllama.train.distributed import DistEnv, process_env, start_process_group
 from zhllama.train.engine import DeepSpeedEngine, Engine, build_engine, deepspeed_config, resolve_precision
+from zhllama.train.forward import compile_decoder_layers, resolve_fused_cross_entropy
 from zhllama.train.model import (
     add_lora,
     check_quantization_supported,
@@ -43,8 +44,8 @@ from zhllama.train.model import (
     load_base,
     merge_adapters,
     move_unpartitioned,
-    padded_size,
     resize_vocabulary,
+    resolve_attn_implementation,
     untie_embeddings,
     zero3_loading,
 )
@@ -105,7 +106,8 @@ class TrainSetup:
     checkpoints: Checkpoints | None
     resume: Resume
     record: dict[str, Any]
-    """What the adapter's record carries besides the results: data, ZeRO-3 partition, precision, engine."""
+    """What the adapter's record carries besides the results: data, ZeRO-3 partition, precision, fused loss,
+    attention, compiled layers, engine."""
     pad_id: int
     """What short sequences are padded with: the tokenizer's pad token, else its eos."""
     zero3: Any = None
@@ -123,6 +125,8 @@ def setup(ctx: RunContext) -> TrainSetup:
     assert isinstance(spec, TrainSpec)
     check_quantization_supported(spec.bits)  # before anything is downloaded or loaded
     env = process_env(ctx.place)
+    resolve_fused_cross_entropy(spec, env.device)  # likewise: a liger loss this machine cannot run fails here
+    resolve_attn_implementation(spec.attn_implementation, env.device, resolve_precision(spec.precision, env.device))
     tokenizer_files = locate_tokenizer(ctx.input(spec.tokenizer))
     tokenizer = load_tokenizer(tokenizer_files)
     # The data before the base: a corpus that cannot be used fails before a GGUF base is imported and cached.
@@ -154,19 +158,23 @@ def prepare(
 ) -> TrainSetup:
     """Rule 4, inside the process group: model, engine and resume point from local inputs."""
     precision = resolve_precision(spec.precision, env.device)
+    fused_loss = resolve_fused_cross_entropy(spec, env.device)  # before the model: a refusal costs no load
     # ZeRO-3 loads the base partitioned, under this config (kept in the setup until the adapter is saved).
     zero3 = zero3_loading(deepspeed_config(spec, env.place.world_size, precision, env.device.type == "cuda")) \
         if spec.zero_stage == 3 and spec.bits == 16 else None
     model, vocab = build_model(spec, inputs.base_model_dir, tokenizer, inputs.base_adapter_dirs, env, precision,
                                zero3)
     partition = _partition_record(model, env) if zero3 is not None else {}
-    engine = build_engine(model, spec, env, precision)
+    compiled_layers = compile_decoder_layers(model) if spec.compile else 0  # LoRA is in the layers by now
+    engine = build_engine(model, spec, env, precision, fused_loss)
     resume = _resume(spec, env, checkpoints, engine, vocab, outputs.metrics_dir)
     deepspeed = {"engine": "deepspeed", "deepspeed": engine.config} if isinstance(engine, DeepSpeedEngine) \
         else {"engine": "pytorch"}
     return TrainSetup(spec=spec, env=env, inputs=inputs, outputs=outputs, tokenizer=tokenizer, data=data, model=model,
                       vocab=vocab, engine=engine, precision=precision, checkpoints=checkpoints, resume=resume,
-                      record={**record, **partition, "precision": precision, **deepspeed},
+                      record={**record, **partition, "precision": precision, "fused_cross_entropy": fused_loss,
+                              "attn_implementation": model.config._attn_implementation,  # build_model's choice
+                              "compiled_layers": compiled_layers, **deepspeed},
                       pad_id=_pad_id(tokenizer, spec), zero3=zero3)
 
 
@@ -193,10 +201,11 @@ def build_model(
     (each rank holds 1/world of every frozen weight) and stays so through every step here. Without it the base is
     loaded whole on every rank.
     """
-    model = load_base(base_model_dir, torch_dtype(precision), spec.bits, env.device)
+    attn_implementation = resolve_attn_implementation(spec.attn_implementation, env.device, precision)
+    model = load_base(base_model_dir, torch_dtype(precision), spec.bits, env.device,
+                      attn_implementation=attn_implementation)
     tied = untie_embeddings(model)
-    tokenizer_rows = padded_size(len(tokenizer), spec.pad_vocab_multiple)
-    model = merge_adapters(model, list(base_adapter_dirs), max(tokenizer_rows, model.config.vocab_size))
+    model = merge_adapters(model, list(base_adapter_dirs), len(tokenizer))
     # The base's own tokenizer splits each new piece into the sub-tokens its row starts from.
     base_tokenizer = load_tokenizer(base_model_dir, field="base_model") if has_tokenizer(base_model_dir) else None
     vocab = resize_vocabulary(model, base_tokenizer, tokenizer, spec.init_new_rows, spec.pad_vocab_multiple,
