@@ -64,13 +64,19 @@ def spec_for(model_dir: Path, corpus: Path, args: argparse.Namespace, **values: 
     })
 
 
+def metric_records(metrics_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (metrics_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steady_tokens_per_s(records: list[dict[str, Any]]) -> float:
+    """Tokens/s after the first step (which pays for warm-up), from one record per step."""
+    return (len(records) - 1) / sum(1 / r["tokens_per_s"] for r in records[1:])
+
+
 def zhllama_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scratch: Path) -> float:
     train(spec, base_model_dir=model_dir, tokenizer_dir=model_dir, dataset=data, output_dir=scratch / "zh-out",
           metrics_dir=scratch / "zh-metrics")
-    records = [json.loads(line) for line in (scratch / "zh-metrics" / "metrics.jsonl").read_text().splitlines()]
-    tokens_per_step = spec.micro_batch_size * spec.grad_accum_steps * spec.block_size
-    seconds = sum(tokens_per_step / r["tokens_per_s"] for r in records[1:])
-    return tokens_per_step * (len(records) - 1) / seconds
+    return steady_tokens_per_s(metric_records(scratch / "zh-metrics"))
 
 
 def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scratch: Path) -> float:
@@ -85,7 +91,7 @@ def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scra
         r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
         target_modules=list(spec.lora.target_modules), modules_to_save=list(spec.lora.modules_to_save),
         task_type="CAUSAL_LM"))
-    rows = [{"input_ids": torch.from_numpy(data[i][0]), "labels": torch.from_numpy(data[i][1])}
+    rows = [{"input_ids": torch.from_numpy(data[i].input_ids), "labels": torch.from_numpy(data[i].labels)}
             for i in range(len(data))]
     stamps: list[float] = []
 
@@ -98,7 +104,8 @@ def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scra
         gradient_accumulation_steps=spec.grad_accum_steps, max_steps=spec.max_steps, learning_rate=spec.lr,
         lr_scheduler_type=spec.lr_scheduler, warmup_steps=int(spec.max_steps * spec.warmup_ratio),
         weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+        max_grad_norm=spec.max_grad_norm, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=not torch.cuda.is_available(), bf16=spec.precision == "bf16",  # autocast over fp32, as zhllama
         dataloader_num_workers=0, seed=spec.seed, disable_tqdm=True,
     )
     Trainer(model=model, args=arguments, train_dataset=rows, callbacks=[StepTimes()]).train()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from deepspeed.runtime.precision_config import DeepSpeedFP16Config
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from tests.train.tiny import spec_for
@@ -120,3 +121,12 @@ def test_flops_per_token_is_a_hand_count_of_the_tiny_model(tiny: dict[str, Path]
     head = 832 * 64  # trained in full; embed_tokens is a lookup
     attention = 12 * 2 * 64 * 32  # layers 2, attention width 64, block 32
     assert flops_per_token(model, 32) == 4 * frozen + 6 * lora + 6 * head + attention == 761_856
+
+
+def test_kernels_zero3_cannot_run_are_refused_together_before_anything_runs(tiny: dict[str, Path]) -> None:
+    with pytest.raises(ValidationError) as refused:
+        spec_for(tiny, zero_stage=3, fused_cross_entropy="chunked", compile=True)
+    message = str(refused.value)
+    assert "fused_cross_entropy: chunked reads lm_head's weight whole" in message
+    assert "compile: ZeRO-3 gathers each layer's weights" in message
+    assert spec_for(tiny, zero_stage=3, bits=8, compile=True).compile  # a quantized base trains with DDP
