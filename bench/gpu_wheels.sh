@@ -20,7 +20,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 mkdir -p "$out"
-pin() { grep -i "^$1==" images/constraints.txt || echo "$1"; }
+# The version CI tests with: images/constraints.txt, else the one in .venv (pydantic needs its exact pydantic-core).
+pin() {
+  grep -i "^$1==" images/constraints.txt \
+    || .venv/bin/pip show "$1" 2>/dev/null | awk -v name="$1" '/^Version:/ {print name "==" $2; found=1} END {if (!found) print name}'
+}
 
 packages="pydantic pydantic-core annotated-types typing-inspection boto3 botocore s3transfer jmespath sentencepiece
 psutil tensorboard tensorboard-data-server grpcio protobuf markdown werkzeug absl-py liger-kernel"
