@@ -68,9 +68,10 @@ def metric_records(metrics_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (metrics_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def steady_tokens_per_s(records: list[dict[str, Any]]) -> float:
-    """Tokens/s after the first step (which pays for warm-up), from one record per step."""
-    return (len(records) - 1) / sum(1 / r["tokens_per_s"] for r in records[1:])
+def steady_tokens_per_s(records: list[dict[str, Any]], warmup: int = 1) -> float:
+    """Tokens/s after the first `warmup` steps (which pay for warm-up, compilation), from one record per step."""
+    steady = records[warmup:]
+    return len(steady) / sum(1 / r["tokens_per_s"] for r in steady)
 
 
 def zhllama_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scratch: Path) -> float:
@@ -79,18 +80,31 @@ def zhllama_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scra
     return steady_tokens_per_s(metric_records(scratch / "zh-metrics"))
 
 
-def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scratch: Path) -> float:
+def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scratch: Path, warmup: int = 1) -> float:
+    """Steady tokens/s (after `warmup` steps) of HF Trainer + PEFT on zhllama's recipe: the frozen base in the
+    compute dtype, the trained tensors (LoRA, embed_tokens/lm_head copies) in fp32 under autocast, as zhllama's
+    plain engine holds them, and the attention kernel zhllama picks."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from zhllama.train import untie_embeddings
+    from zhllama.models.dtypes import torch_dtype
+    from zhllama.train import resolve_precision, untie_embeddings
+    from zhllama.train.model import resolve_attn_implementation
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    untie_embeddings(model)  # the same recipe: embed_tokens and lm_head trained apart
-    model = get_peft_model(model, LoraConfig(
-        r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(spec.precision, device)
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype(precision),
+        attn_implementation=resolve_attn_implementation(spec.attn_implementation, device, precision))
+    untie_embeddings(base)  # the same recipe: embed_tokens and lm_head trained apart
+    model = get_peft_model(base, LoraConfig(
+        r=spec.lora.r, lora_alpha=spec.lora.alpha,  # type: ignore[arg-type]  # PEFT scales by alpha / r
+        lora_dropout=spec.lora.dropout,
         target_modules=list(spec.lora.target_modules), modules_to_save=list(spec.lora.modules_to_save),
         task_type="CAUSAL_LM"))
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
     rows = [{"input_ids": torch.from_numpy(data[i].input_ids), "labels": torch.from_numpy(data[i].labels)}
             for i in range(len(data))]
     stamps: list[float] = []
@@ -105,12 +119,12 @@ def trainer_tokens_per_s(spec: TrainSpec, model_dir: Path, data: BlockData, scra
         lr_scheduler_type=spec.lr_scheduler, warmup_steps=int(spec.max_steps * spec.warmup_ratio),
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=not torch.cuda.is_available(), bf16=spec.precision == "bf16",  # autocast over fp32, as zhllama
+        use_cpu=device.type == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",
         dataloader_num_workers=0, seed=spec.seed, disable_tqdm=True,
     )
     Trainer(model=model, args=arguments, train_dataset=rows, callbacks=[StepTimes()]).train()
     tokens_per_step = spec.micro_batch_size * spec.grad_accum_steps * spec.block_size
-    return tokens_per_step * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return tokens_per_step * (len(stamps) - warmup) / (stamps[-1] - stamps[warmup - 1])
 
 
 def throughput(args: argparse.Namespace) -> None:

@@ -44,8 +44,9 @@ def test_a_killed_run_is_lost_for_another_machine_and_its_rerun_takes_over(
     here, there = machine(store_uri, tmp_path / "here"), machine(store_uri, tmp_path / "there")
     monkeypatch.setenv("TEST_JOB_MODE", "sleep")
     here.submit(tokenizer_spec(store_uri, "pt2"))
+    # The beat starts before the job records Running (it checks for finished outputs first): wait for both.
     wait_for(lambda: read_heartbeat(here.store, "pt2") is not None, what="the first heartbeat")
-    assert there.status("pt2").state == "Running"  # a live job: its beats are fresh
+    wait_for(lambda: there.status("pt2").state == "Running", what="Running, read from another machine")
 
     os.killpg(job_pid(tmp_path / "here", "pt2"), signal.SIGKILL)
     wait_for(lambda: there.status("pt2").state == "Failed", timeout=LEASE_S + 10, what="the lease to run out")
