@@ -20,7 +20,7 @@ WORKDIR /app
 COPY images/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /app/
 COPY pkg /app/pkg
-RUN pip install -c /tmp/constraints.txt /app
+RUN pip install -c /tmp/constraints.txt "/app[eval]"
 COPY jobs /app/jobs
 
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/zhllama zhllama

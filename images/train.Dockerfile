@@ -31,7 +31,7 @@ WORKDIR /app
 COPY images/constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /app/
 COPY pkg /app/pkg
-RUN pip install -c /tmp/constraints.txt /app deepspeed bitsandbytes \
+RUN pip install -c /tmp/constraints.txt "/app[eval]" deepspeed bitsandbytes \
     && if [ "${FLASH_ATTN}" = "1" ]; then \
          MAX_JOBS=8 pip install -c /tmp/constraints.txt --no-build-isolation flash-attn; \
        fi

@@ -64,8 +64,9 @@ def test_installs_this_project_with_every_dependency_pinned(dockerfile: Path) ->
     steps = instructions(dockerfile)
     assert ("COPY", "pyproject.toml README.md /app/") in steps and ("COPY", "pkg /app/pkg") in steps
     installs = [args for keyword, args in steps
-                if keyword == "RUN" and "pip install -c /tmp/constraints.txt /app" in args]
-    assert installs, "the image must pip install the project (/app, its pyproject.toml) under the constraints"
+                if keyword == "RUN" and 'pip install -c /tmp/constraints.txt "/app[eval]"' in args]
+    assert installs, "the image must pip install the project (/app, its pyproject.toml) with the exam harness " \
+        "under the constraints"
     torch = [args for keyword, args in steps if keyword == "RUN" and '"torch==${TORCH_VERSION}"' in args]
     assert torch and ("ARG", "TORCH_VERSION=2.13.0") in steps
 
@@ -79,7 +80,8 @@ def test_constraints_pin_every_dependency_of_pyproject() -> None:
             pins[requirement.name.lower()] = requirement
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "zhllama"
-    for dependency in map(Requirement, project["dependencies"]):
+    # The images install the eval extra (the exam harness), so it is pinned like the rest.
+    for dependency in map(Requirement, [*project["dependencies"], *project["optional-dependencies"]["eval"]]):
         if dependency.name == "torch":  # pinned by TORCH_VERSION, from the CUDA or CPU wheel index
             continue
         assert dependency.name.lower() in pins, f"{dependency.name} is not pinned in images/constraints.txt"

@@ -7,20 +7,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zhllama.eval.exams import SubjectScore
+from zhllama.eval.harness import ExamRun
 from zhllama.eval.perplexity import LANGUAGES, PerplexityResult
+
+QUESTIONS_FILE = "questions.jsonl"
+"""Every exam question as the harness scored it, one JSON line each (harness.question_record)."""
 
 
 @dataclass(frozen=True)
 class ExamResult:
     source: str
-    shots: int
-    subjects: list[SubjectScore]
+    benchmark: str
+    run: ExamRun
 
     @property
     def average(self) -> float:
         """Mean of the per-subject accuracies (C-Eval and CMMLU average subjects, not questions)."""
-        return sum(score.accuracy for score in self.subjects) / len(self.subjects)
+        return sum(score.accuracy for score in self.run.subjects) / len(self.run.subjects)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class EvalReport:
     languages: dict[str, str] = field(default_factory=dict)
     """Held-out source URI -> text_language's label (zh, en, other), written beside each result."""
     exams: list[ExamResult] = field(default_factory=list)
+    harness: str | None = None
+    """The exam harness and its version (`lm-eval 0.4.13`), when the report has exams."""
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Task source URI -> score_task's result (metric, score, the exact prompt, answers)."""
     samples: dict[str, Any] | None = None
@@ -54,20 +59,18 @@ class EvalReport:
                     for source, result in self.perplexity.items()
                 },
             },
+            "harness": self.harness,
             "exams": [
                 {
                     "source": exam.source,
-                    "shots": exam.shots,
+                    "benchmark": exam.benchmark,
+                    "shots": exam.run.shots,
                     "average_accuracy": exam.average,
                     "subjects": {
-                        score.subject: {
-                            "accuracy": score.accuracy,
-                            "correct": score.correct,
-                            "total": score.total,
-                            "shots_used": score.shots_used,
-                        }
-                        for score in exam.subjects
+                        score.task: {"accuracy": score.accuracy, "correct": score.correct, "total": score.total}
+                        for score in exam.run.subjects
                     },
+                    "questions": QUESTIONS_FILE,
                 }
                 for exam in self.exams
             ],
@@ -77,7 +80,11 @@ class EvalReport:
 
 
 def write_report(report: EvalReport, directory: Path) -> None:
-    """Write report.json and report.md into `directory`."""
+    """Write report.json, report.md and (with exams) the per-question file into `directory`."""
+    if report.exams:
+        lines = (json.dumps({"source": exam.source, **question}, ensure_ascii=False) + "\n"
+                 for exam in report.exams for question in exam.run.questions)
+        (directory / QUESTIONS_FILE).write_text("".join(lines), encoding="utf-8")
     (directory / "report.json").write_text(
         json.dumps(report.as_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
@@ -103,13 +110,13 @@ def render_markdown(report: EvalReport) -> str:
         lines.append("")
     for exam in report.exams:
         lines += [
-            f"## {exam.source}, {exam.shots}-shot: average accuracy {exam.average:.2%}",
+            f"## {exam.benchmark} ({exam.source}), {exam.run.shots}-shot: average accuracy {exam.average:.2%}",
             "",
-            "| subject | accuracy | correct | questions | shots used |",
-            "|---|---:|---:|---:|---:|",
+            f"Scored by {report.harness} with its own task definitions; every question is in {QUESTIONS_FILE}.",
+            "",
+            "| task | accuracy | correct | questions |",
+            "|---|---:|---:|---:|",
         ]
-        lines += [
-            f"| {s.subject} | {s.accuracy:.2%} | {s.correct} | {s.total} | {s.shots_used} |" for s in exam.subjects
-        ]
+        lines += [f"| {s.task} | {s.accuracy:.2%} | {s.correct} | {s.total} |" for s in exam.run.subjects]
         lines.append("")
     return "\n".join(lines)

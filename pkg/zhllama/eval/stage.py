@@ -7,7 +7,8 @@ from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from zhllama.errors import UserError
-from zhllama.eval.exams import read_exam_dir, score_subject
+from zhllama.eval.exams import read_exam_dir
+from zhllama.eval.harness import HARNESS, TaskDefinitions, harness_version, run_exam
 from zhllama.eval.perplexity import per_char_perplexity, read_documents, text_language
 from zhllama.eval.report import EvalReport, ExamResult, write_report
 from zhllama.eval.tasks import read_task_file, sample_generations, score_task
@@ -20,40 +21,36 @@ if TYPE_CHECKING:
 
 
 def run_eval(ctx: RunContext) -> None:
-    """Perplexity on each held-out text (per character and per token, labelled by language) and accuracy on each
-    exam, for every shot count."""
+    """Perplexity on each held-out text (per character and per token, labelled by language), accuracy on each
+    exam through the harness for every shot count, and the generation tasks."""
     spec = cast(EvalSpec, ctx.spec)
     if spec.stride >= spec.window:
         raise UserError(f"eval: stride {spec.stride} must be smaller than window {spec.window}")
     # Read every input before loading the model, so that a bad CSV fails in seconds, not after the load.
     heldout = {uri: read_documents(ctx.input(uri), spec.max_chars) for uri in spec.heldout}
-    exams = {uri: read_exam_dir(ctx.input(uri)) for uri in spec.exams}
+    definitions = TaskDefinitions() if spec.exams else None
+    exams = {uri: read_exam_dir(ctx.input(uri), definitions.names) for uri in spec.exams if definitions}
     tasks = {uri: read_task_file(ctx.input(uri))[: spec.max_task_examples] for uri in spec.tasks}
     model, tokenizer = load_spec_model(ctx, spec)
     window = min(spec.window, context_length(model))
     if spec.stride >= window:
         raise UserError(f"eval: stride {spec.stride} must be smaller than the model's context ({window} tokens)")
 
-    report = EvalReport(spec.model, list(spec.adapters), spec.instruction_model, window, spec.stride)
+    report = EvalReport(spec.model, list(spec.adapters), spec.instruction_model, window, spec.stride,
+                        harness=f"{HARNESS} {harness_version()}" if exams else None)
     for uri, documents in heldout.items():
         report.perplexity[uri] = per_char_perplexity(
             model, tokenizer, documents, window, spec.stride, progress=partial(ctx.progress, desc=uri)
         )
         report.languages[uri] = text_language(documents)
     for uri, subjects in exams.items():
+        assert definitions is not None
         for shots in spec.shots:
-            scores = [
-                score_subject(
-                    model,
-                    tokenizer,
-                    subject,
-                    shots,
-                    spec.instruction_model,
-                    progress=partial(ctx.progress, desc=f"{subject.name} {shots}-shot"),
-                )
-                for subject in subjects
-            ]
-            report.exams.append(ExamResult(uri, shots, scores))
+            print(f"{uri}: {len(subjects)} {subjects[0].benchmark.name} subjects, {shots}-shot, "
+                  f"{sum(s.questions for s in subjects)} questions", flush=True)
+            run = run_exam(model, tokenizer, subjects, shots, definitions, ctx.workdir / "exams",
+                           spec.exam_batch_size)
+            report.exams.append(ExamResult(uri, subjects[0].benchmark.name, run))
     for uri, examples in tasks.items():
         report.tasks[uri] = score_task(
             model,

@@ -262,7 +262,7 @@ class QuantizeSpec(StageSpec):
 
 
 class EvalSpec(StageSpec):
-    """Per-character perplexity and multiple-choice exams (C-Eval / CMMLU layout)."""
+    """Per-character perplexity, C-Eval/CMMLU through lm-evaluation-harness, and held-out generation tasks."""
 
     stage: Literal["eval"] = "eval"
     model: str = "embedded://smollm2-135m"
@@ -276,9 +276,12 @@ class EvalSpec(StageSpec):
     heldout: list[str] = ["embedded://peoples-daily-heldout"]
     """Held-out text for per-character perplexity."""
     exams: list[str] = []
-    """Exam directories with dev/ and test/ CSVs (Question,A,B,C,D,Answer)."""
+    """CMMLU or C-Eval directories in the benchmark's own layout (CMMLU: dev/ and test/<subject>.csv; C-Eval:
+    dev/ and val/<subject>_val.csv), scored by lm-evaluation-harness's own cmmlu_*/ceval-valid_* tasks."""
     shots: list[int] = [0, 5]
     """Few-shot settings to score."""
+    exam_batch_size: int = Field(8, ge=1)
+    """Questions per harness forward batch (the harness's --batch_size)."""
     tasks: list[str] = []
     """Held-out generation tasks: Alpaca JSONL whose `output` is the expected answer and `metric` says how to
     score it (accuracy or segmentation_f1)."""
