@@ -30,13 +30,16 @@ LETTERS = ("A", "B", "C", "D")
 class Benchmark:
     name: str
     task_prefix: str
-    """The harness's task names are this prefix and the subject (`cmmlu_agronomy`)."""
+    """The harness's task names are this prefix and the subject (`cmmlu_agronomy`), see `task`."""
     scored_split: str
     """The split scored: its directory name and the harness's split name."""
     question_column: str
     answer_column: str
     header: str
     """The header of the benchmark's own CSVs, for error messages."""
+
+    def task(self, subject: str) -> str:
+        return f"{self.task_prefix}{subject}"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -60,7 +63,7 @@ class ExamSubject:
 
     @property
     def task(self) -> str:
-        return f"{self.benchmark.task_prefix}{self.subject}"
+        return self.benchmark.task(self.subject)
 
 
 def benchmark_of(path: Path) -> Benchmark:
@@ -79,7 +82,7 @@ def read_exam_dir(path: Path, known_tasks: set[str]) -> list[ExamSubject]:
     subjects = []
     for scored in sorted(scored_dir.glob("*.csv")):
         subject = scored.stem.removesuffix(f"_{benchmark.scored_split}")
-        task = f"{benchmark.task_prefix}{subject}"
+        task = benchmark.task(subject)
         if task not in known_tasks:
             raise UserError(f"exams: {scored}: lm-eval has no task {task}; name the file after a {benchmark.name} "
                             f"subject (`lm_eval ls tasks` lists the {benchmark.task_prefix}* tasks)")

@@ -27,7 +27,6 @@ HARNESS = "lm-eval"
 @dataclass(frozen=True)
 class SubjectScore:
     task: str
-    subject: str
     correct: int
     total: int
 
@@ -96,9 +95,8 @@ def run_exam(
     assert results is not None  # only None on non-zero ranks of a distributed harness run
     questions = [question_record(subject, shots, sample) for subject in subjects
                  for sample in sorted(results["samples"][subject.task], key=lambda sample: sample["doc_id"])]
-    scores = [SubjectScore(subject.task, subject.subject,
-                           sum(q["correct"] for q in questions if q["task"] == subject.task), subject.questions)
-              for subject in subjects]
+    scores = [SubjectScore(subject.task, sum(q["correct"] for q in questions if q["task"] == subject.task),
+                           subject.questions) for subject in subjects]
     for subject, score in zip(subjects, scores, strict=True):
         harness_accuracy = results["results"][subject.task]["acc,none"]
         assert abs(harness_accuracy - score.accuracy) < 1e-9, (subject.task, harness_accuracy, score.accuracy)
@@ -109,8 +107,8 @@ def question_record(subject: ExamSubject, shots: int, sample: dict[str, Any]) ->
     """One question as the harness scored it: a choice's log-likelihood is the first of its (loglik, greedy)."""
     loglikelihoods = [float(response[0]) for response in sample["filtered_resps"]]
     prediction = LETTERS[max(range(len(LETTERS)), key=loglikelihoods.__getitem__)]
-    answer = str(sample["doc"][subject.benchmark.answer_column]).strip()
     doc = sample["doc"]
+    answer = str(doc[subject.benchmark.answer_column]).strip()
     return {
         "task": subject.task,
         "shots": shots,
