@@ -11,7 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zhllama.embedded import BUILDERS, materialize
 from zhllama.embedded.english import topic_paragraphs
-from zhllama.embedded.instructions import SEGMENTATION_INSTRUCTION, SENTIMENT_INSTRUCTION
+from zhllama.embedded.instructions import (
+    CONTINUATION_EVERY,
+    CONTINUATION_INSTRUCTION,
+    SEGMENTATION_INSTRUCTION,
+    SENTIMENT_INSTRUCTION,
+)
 from zhllama.embedded.models import smollm2_gguf
 from zhllama.embedded.peoples_daily import parse_tagged_line
 from zhllama.errors import UserError
@@ -130,9 +135,18 @@ def test_english_paragraphs_leave_out_code_headings_and_literal_blocks() -> None
     ]
 
 
-def test_sft_data_mixes_both_tasks_and_never_shows_heldout_inputs(built: dict[str, Path]) -> None:
+def test_sft_data_mixes_the_tasks_with_news_and_never_shows_heldout_inputs(built: dict[str, Path]) -> None:
     train = records(built["sft-train"])
-    assert {r["instruction"] for r in train} == {SENTIMENT_INSTRUCTION, SEGMENTATION_INSTRUCTION}
+    assert {r["instruction"] for r in train} == {SENTIMENT_INSTRUCTION, SEGMENTATION_INSTRUCTION,
+                                                 CONTINUATION_INSTRUCTION}
+    # every fifth example continues a training paragraph, opening and answer as written there
+    continuations = train[CONTINUATION_EVERY : 1000 : CONTINUATION_EVERY + 1]
+    assert {r["instruction"] for r in continuations} == {CONTINUATION_INSTRUCTION}
+    train_text = "\n".join(lines(built["peoples-daily-train"]))
+    heldout_text = "\n".join(lines(built["peoples-daily-heldout"]))
+    for record in continuations:
+        assert record["input"] + record["output"] in train_text
+        assert record["input"] + record["output"] not in heldout_text
     assert all(set(r) == {"instruction", "input", "output"} for r in train)
     sentiment = [r for r in train if r["instruction"] == SENTIMENT_INSTRUCTION]
     assert {r["output"] for r in sentiment} == {"正面", "负面"}

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from tests.quantize.quantize_fixtures import CORPUS
 from zhllama.errors import UserError
 from zhllama.merge import merge_lora
+from zhllama.models.provenance import quantized_source, read_provenance
 from zhllama.quantize import export_gguf, quantize_all
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -87,3 +88,20 @@ def test_merge_reads_a_gguf_base(bpe_model: Path, tmp_path: Path) -> None:
     assert from_gguf.keys() == from_hf.keys()
     for name, tensor in from_hf.items():
         assert torch.allclose(from_gguf[name], tensor, atol=1e-6), name
+
+
+def test_a_quantized_base_is_named_in_the_report(bpe_model: Path, tmp_path: Path) -> None:
+    """A base shipped quantized (as the embedded SmolLM2 is, Q4_1) is quantized twice: the merge carries the
+    base's type to the quantize report, which says so."""
+    q8_base = export_gguf(bpe_model, tmp_path / "base-Q8_0.gguf", "Q8_0")
+    f16_base = export_gguf(bpe_model, tmp_path / "base-F16.gguf", "F16")
+    for base, out in ((q8_base, "from-q8"), (f16_base, "from-f16")):
+        merge_lora(base, [], bpe_model, tmp_path / out, max_shard_bytes=10**9, dtype="float32")
+    assert read_provenance(tmp_path / "from-q8")["imported_from_gguf"]["file_type"] == "MOSTLY_Q8_0"
+    assert quantized_source(tmp_path / "from-f16") is None  # an F16 base loses nothing to its import
+
+    (tmp_path / "gguf").mkdir()
+    report = quantize_all(tmp_path / "from-q8", tmp_path / "gguf", ["Q4_0"], CORPUS[:2], window=32, stride=16,
+                          check_llama_cpp=False)
+    assert report["source_quantization"] == "MOSTLY_Q8_0"
+    assert "Double quantization: the base model was shipped as Q8_0" in (tmp_path / "gguf" / "report.md").read_text()

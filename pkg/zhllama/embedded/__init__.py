@@ -16,7 +16,7 @@ finished runs stay valid across stores.
   english-heldout             every 4th topic by name, never trained on (English per-token perplexity)
   english-replay-tiny         300 of the replay paragraphs
   english-heldout-tiny        30 of the held-out English paragraphs
-  sft-train, sft-train-tiny   Alpaca instructions: review sentiment and word segmentation
+  sft-train, sft-train-tiny   Alpaca instructions: review sentiment, word segmentation, news continuation
   sentiment-heldout           held-out review sentiment task (metric accuracy)
   segmentation-heldout        held-out segmentation task from held-out People's Daily lines (segmentation_f1)
 """

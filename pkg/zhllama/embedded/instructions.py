@@ -6,8 +6,9 @@ held-out clauses come only from the held-out paragraphs. Which reviews are held 
 their text, so the split is the same on every machine and never depends on a random generator.
 
 Records are Alpaca JSONL (instruction, input, output); task records add `metric` for `ctl run eval`'s tasks.
-Lists interleave positive/negative and sentiment/segmentation (SENTIMENT_PER_SEGMENTATION to 1), so any prefix
-has the mix of the whole.
+Lists interleave positive/negative, sentiment/segmentation (SENTIMENT_PER_SEGMENTATION to 1) and tasks/news
+continuations (CONTINUATION_EVERY to 1), so any prefix has the mix of the whole. Continuations are cut from the
+training paragraphs only, which pretraining reads too: they add no text the held-out perplexity is scored on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zhllama.embedded.registry import builder, package_file
 
 SENTIMENT_INSTRUCTION = "判断下面评论的情感倾向，回答正面或负面。"
 SEGMENTATION_INSTRUCTION = "对下面的句子进行分词，词之间用空格分隔。"
+CONTINUATION_INSTRUCTION = "续写下面这段新闻。"
 POSITIVE, NEGATIVE = "正面", "负面"
 
 REVIEW_CHARS = (8, 40)
@@ -31,6 +33,9 @@ CLAUSE_CHARS, CLAUSE_WORDS = (6, 16), (3, 10)
 CLAUSE_WORD = re.compile(r"^[\u4e00-\u9fff０-９Ａ-Ｚａ-ｚ]+$")
 """Clauses are cut at punctuation and kept only when every word is Chinese (or full-width alphanumeric)."""
 
+CONTINUATION_OPENING_CHARS, CONTINUATION_CHARS = 12, 48
+"""A continuation example opens with the first clauses of a training paragraph (up to 12 characters, whole words)
+and answers with the next ~48 characters of it (whole words)."""
 HELDOUT_REVIEWS_PER_LABEL = 250
 TRAIN_REVIEWS_PER_LABEL = 2000
 HELDOUT_CLAUSES = 500
@@ -38,6 +43,10 @@ TRAIN_CLAUSES = 1300
 SENTIMENT_PER_SEGMENTATION = 3
 """SFT loss is a mean over answer tokens: a label is 2 tokens, a segmentation answer ~15, so sentiment examples
 outnumber segmentation ones 3:1 to get a comparable share of the gradient."""
+TRAIN_CONTINUATIONS = 1300
+CONTINUATION_EVERY = 4
+"""One news continuation after every 4 task examples: plain People's Daily text in the answers keeps SFT from
+unlearning what pretraining taught (the two tasks' answers alone are labels and space-separated words)."""
 TINY_EXAMPLES = 200
 TINY_INPUT_CHARS = 16
 """sft-train-tiny keeps short inputs so that prompts fit the tiny preset's SFT blocks."""
@@ -103,10 +112,35 @@ def interleave(first: list[Record], second: list[Record], per_second: int = 1) -
     return merged + list(rest)
 
 
+def continuation_records(paragraphs: list[list[str]]) -> list[Record]:
+    """Open-ended news continuations of training paragraphs (hash order): an opening and the text after it."""
+    records: dict[str, Record] = {}
+    for words in paragraphs:
+        opening, rest = _take_chars(words, CONTINUATION_OPENING_CHARS)
+        following, _ = _take_chars(rest, CONTINUATION_CHARS)
+        text = "".join(opening)
+        if opening and len("".join(following)) >= CONTINUATION_CHARS // 2:
+            records.setdefault(text, {"instruction": CONTINUATION_INSTRUCTION, "input": text,
+                                      "output": "".join(following)})
+    return [records[text] for text in sorted(records, key=text_hash)]
+
+
+def _take_chars(words: list[str], limit: int) -> tuple[list[str], list[str]]:
+    """The leading words of `words` within `limit` characters (at least one), and the rest."""
+    taken = 0
+    for count, word in enumerate(words):
+        taken += len(word)
+        if taken > limit:
+            return words[: max(count, 1)], words[max(count, 1) :]
+    return words, []
+
+
 def sft_train_records() -> list[Record]:
     sentiment, _ = sentiment_split()
-    segmentation = segmentation_records(clauses(peoples_daily().train)[:TRAIN_CLAUSES])
-    return interleave(sentiment, segmentation, SENTIMENT_PER_SEGMENTATION)
+    train = peoples_daily().train
+    segmentation = segmentation_records(clauses(train)[:TRAIN_CLAUSES])
+    tasks = interleave(sentiment, segmentation, SENTIMENT_PER_SEGMENTATION)
+    return interleave(tasks, continuation_records(train)[:TRAIN_CONTINUATIONS], CONTINUATION_EVERY)
 
 
 def write_jsonl(records: Iterable[Record], path: Path) -> None:
@@ -120,7 +154,9 @@ def sft_train(dest: Path) -> None:
 
 @builder("sft-train-tiny")
 def sft_train_tiny(dest: Path) -> None:
-    short = [r for r in sft_train_records() if len(r["input"]) <= TINY_INPUT_CHARS]
+    # the two tasks only: a continuation's answer would not fit the tiny preset's blocks
+    short = [r for r in sft_train_records()
+             if len(r["input"]) <= TINY_INPUT_CHARS and r["instruction"] != CONTINUATION_INSTRUCTION]
     write_jsonl(short[:TINY_EXAMPLES], dest / "sft.jsonl")
 
 

@@ -25,6 +25,7 @@ from zhllama.models import copy_tokenizer_files, locate_model
 from zhllama.models.adapter_vocab import real_rows
 from zhllama.models.dtypes import TORCH_DTYPES
 from zhllama.models.loading import load_tokenizer, tokenizer_directory
+from zhllama.models.provenance import copy_provenance
 
 Progress = Callable[[Iterable[str]], Iterable[str]]
 
@@ -93,6 +94,7 @@ def merge_lora(
             write_config(config, plan, dtype, out_dir)
             if (base_dir / "generation_config.json").is_file():
                 shutil.copy2(base_dir / "generation_config.json", out_dir / "generation_config.json")
+            copy_provenance(base_dir, out_dir)
             copied = copy_tokenizer_files(tokenizer_files, out_dir)
         except BaseException:
             # nothing half-written stays behind: the directory was empty when the merge started

@@ -6,6 +6,7 @@ once into the store for every stage, and loading a causal LM with its adapters.
   gguf     import_gguf, hf_model_dir: the cached GGUF -> HF import (train and merge)
   loading  load_tokenizer, tokenizer_directory, load_causal_lm, load_spec_model, context_length, model_device
   adapter_vocab  adapter_vocab, real_rows: which rows of an adapter's embed_tokens/lm_head are tokens (padding)
+  provenance  provenance.json: a model's quantized origin, carried from the GGUF import through the merge
   sentencepiece_tokenizer  SentencePieceTokenizer: SentencePiece's own ids where tokenizer.json cannot match them
 
 Only `paths` and `once` are imported here: the tokenizer stage resolves its base with `paths` and must not pay

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zhllama.models.once import DEFAULT_WAIT_S, built_once
 from zhllama.models.paths import locate_model
+from zhllama.models.provenance import write_gguf_provenance
 
 if TYPE_CHECKING:
     from zhllama.run import RunContext
@@ -39,6 +40,7 @@ def import_gguf(gguf: Path, out_dir: Path) -> None:
     setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as always set
     model.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out_dir)
+    write_gguf_provenance(gguf, out_dir)
 
 
 def import_cache_key(fingerprint: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,12 @@ NUMPY_TYPES = {
         GGUFType("Q4_0", Q.Q4_0, F.MOSTLY_Q4_0),
     )
 }
-"""Types this exporter writes itself (bit-exact with llama.cpp's quantizer)."""
+"""Types this exporter writes itself: from the F16-rounded weights, byte for byte what llama.cpp's quantizer makes
+of the F16 file (where both store a tensor as the same type; see LOW_BIT)."""
 
 LOW_BIT = {"Q5_1", "Q5_0", "Q4_1", "Q4_0"}
-"""Types whose output matrix stays Q8_0: the last projection is the most sensitive, llama.cpp keeps it high too."""
+"""Types whose output matrix stays Q8_0: the last projection is the most sensitive. llama.cpp keeps it high too:
+Q6_K where its rows are whole 256-blocks (gguf cannot write K-quants), else Q8_0 as here."""
 
 HF_TO_GGUF = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -90,6 +92,25 @@ def rotary_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
     head_dim = rows // heads
     halves = weight.reshape(heads, 2, head_dim // 2, cols)
     return halves.transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def gguf_layout(hf_name: str, weight: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """An HF tensor as the GGUF file stores it: Q and K rows interleaved for ggml's rope, everything else as is."""
+    heads = config["num_attention_heads"]
+    if hf_name.endswith("self_attn.q_proj.weight"):
+        return rotary_interleave(weight, heads)
+    if hf_name.endswith("self_attn.k_proj.weight"):
+        return rotary_interleave(weight, config.get("num_key_value_heads") or heads)
+    return weight
+
+
+def float_tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in the file's layout) for every tensor the export writes, one at a time."""
+    config = json.loads((model_dir / "config.json").read_text())
+    for hf, stored in index_safetensors(model_dir).items():
+        name = gguf_name(hf)
+        if name is not None:
+            yield name, gguf_layout(hf, read_tensor(stored.file, hf).float().numpy(), config)
 
 
 def model_metadata(config: dict[str, Any], writer: gguf.GGUFWriter) -> None:
@@ -170,15 +191,12 @@ def export_gguf(
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
     try:
         for hf in progress(list(plan)):
-            weight = read_tensor(stored[hf].file, hf).float().numpy()
-            if hf.endswith("self_attn.q_proj.weight"):
-                weight = rotary_interleave(weight, heads)
-            elif hf.endswith("self_attn.k_proj.weight"):
-                weight = rotary_interleave(weight, kv_heads)
+            weight = gguf_layout(hf, read_tensor(stored[hf].file, hf).float().numpy(), config)
+            if plan[hf] not in (Q.F32, Q.F16, Q.BF16):
+                # llama.cpp's quantizer reads the F16 file: quantizing the same half-rounded values writes its bytes
+                weight = weight.astype(np.float16).astype(np.float32)
             writer.write_tensor_data(gguf.quants.quantize(weight, plan[hf]))
     except BaseException:
         writer.close()

@@ -31,6 +31,8 @@ K_QUANTS = {
     "Q6_K": 18,
 }
 """llama.cpp file types (LLAMA_FTYPE_MOSTLY_*) only its own quantizer produces."""
+LLAMA_FTYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, **K_QUANTS}
+"""Every type llama.cpp's quantizer writes that zhllama asks it for: the K-quants, and the others to compare with."""
 
 
 def unavailable_reason() -> str | None:
@@ -68,9 +70,9 @@ def _run(request: dict[str, Any], timeout: float) -> dict[str, Any]:
         return result
 
 
-def quantize_k(source: Path, out_path: Path, qtype: str, timeout: float = 3600) -> Path:
-    """Write `qtype` (a K-quant mix) from an F16/F32 GGUF file with llama.cpp's quantizer."""
-    _run({"op": "quantize", "source": str(source), "out": str(out_path), "ftype": K_QUANTS[qtype]}, timeout)
+def llama_quantize(source: Path, out_path: Path, qtype: str, timeout: float = 3600) -> Path:
+    """Write `qtype` from an F16/F32 GGUF file with llama.cpp's quantizer (its default parameters, no imatrix)."""
+    _run({"op": "quantize", "source": str(source), "out": str(out_path), "ftype": LLAMA_FTYPES[qtype]}, timeout)
     return out_path
 
 

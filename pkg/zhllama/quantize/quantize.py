@@ -16,9 +16,18 @@ from transformers import PreTrainedTokenizerBase
 
 from zhllama.errors import UserError
 from zhllama.eval.perplexity import PerplexityResult, document_ids, per_char_perplexity
+from zhllama.models.provenance import quantized_source
 from zhllama.quantize.checks import compare_logits, load_with_transformers, model_logits, read_back
 from zhllama.quantize.export import NUMPY_TYPES, export_gguf
-from zhllama.quantize.llamacpp import K_QUANTS, LlamaCppFailed, check_file, quantize_k, unavailable_reason
+from zhllama.quantize.llamacpp import (
+    K_QUANTS,
+    LLAMA_FTYPES,
+    LlamaCppFailed,
+    check_file,
+    llama_quantize,
+    unavailable_reason,
+)
+from zhllama.quantize.parity import compare_quantizers
 from zhllama.quantize.report import write_report
 
 VALID_TYPES = (*NUMPY_TYPES, *K_QUANTS)
@@ -73,7 +82,9 @@ def quantize_all(
     Each file is read back with gguf.GGUFReader, loaded by transformers (logits against the HF model) and,
     where llama-cpp-python is installed and `check_llama_cpp`, by llama.cpp (tokenization against the HF
     tokenizer, logits, generation speed). The per-character perplexity on `documents` comes from llama.cpp
-    when it runs, else from transformers. K-quants need llama.cpp and are skipped without it.
+    when it runs, else from transformers. K-quants need llama.cpp and are skipped without it. Each type this
+    exporter quantizes itself is also made by llama.cpp's quantizer from the F16 file and scored the same way
+    (`llama_quantizer`: its perplexity, the bytes that differ, both files' error against float32).
     """
     check_types(types)
     if not any(documents):
@@ -85,6 +96,8 @@ def quantize_all(
         "heldout": {"documents": len(documents), "characters": heldout.characters, "window": window, "stride": stride},
         "hf": {"ppl_per_char": source_ppl.per_char, "tokens": source_ppl.tokens},
         "llama_cpp": {"available": llama_reason is None, "reason": llama_reason, "checked": check_llama_cpp},
+        # weights dequantized from a quantized base and quantized again here: a double quantization
+        "source_quantization": quantized_source(model_dir),
         "types": [],
     }
     # numpy types first: a K-quant is made from the F16 file
@@ -106,6 +119,8 @@ def quantize_all(
             row["transformers"] = _transformers_row(path, heldout, with_perplexity=not use_llama_cpp)
             if use_llama_cpp:
                 row["llama_cpp"] = _llama_cpp_row(path, heldout)
+            if use_llama_cpp and qtype not in K_QUANTS and qtype in LLAMA_FTYPES and qtype != "F16":
+                row["llama_quantizer"] = _llama_quantizer_row(model_dir, out_dir, qtype, types, Path(scratch), heldout)
     _add_deltas(report)
     write_report(report, out_dir)
     return report
@@ -143,14 +158,35 @@ def _write_file(
         return None
     if llama_reason is not None:
         return f"K-quants are made only by llama.cpp's quantizer: {llama_reason}"
-    f16 = gguf_path(out_dir, "F16") if "F16" in types else scratch / "model-F16.gguf"
-    if not f16.is_file():
-        export_gguf(model_dir, f16, "F16")
     try:
-        quantize_k(f16, path, qtype)
+        llama_quantize(_f16_file(model_dir, out_dir, types, scratch), path, qtype)
     except LlamaCppFailed as error:
         return str(error)
     return None
+
+
+def _f16_file(model_dir: Path, out_dir: Path, types: list[str], scratch: Path) -> Path:
+    """The F16 file llama.cpp's quantizer reads: the published one when F16 was asked for, else one in scratch."""
+    f16 = gguf_path(out_dir, "F16") if "F16" in types else scratch / "model-F16.gguf"
+    if not f16.is_file():
+        export_gguf(model_dir, f16, "F16")
+    return f16
+
+
+def _llama_quantizer_row(
+    model_dir: Path, out_dir: Path, qtype: str, types: list[str], scratch: Path, heldout: HeldOut
+) -> dict[str, Any]:
+    """llama.cpp's quantization of the F16 file to `qtype`, scored as ours is and compared with it."""
+    theirs = scratch / f"model-{qtype}.llama-quantize.gguf"
+    try:
+        llama_quantize(_f16_file(model_dir, out_dir, types, scratch), theirs, qtype)
+    except LlamaCppFailed as error:
+        return {"made": False, "error": str(error)}
+    scored = _llama_cpp_row(theirs, heldout)
+    row: dict[str, Any] = {"made": True, "bytes": theirs.stat().st_size, "ppl_per_char": scored.get("ppl_per_char"),
+                           **compare_quantizers(model_dir, gguf_path(out_dir, qtype), theirs)}
+    theirs.unlink()
+    return row
 
 
 def _transformers_row(path: Path, heldout: HeldOut, with_perplexity: bool) -> dict[str, Any]:
@@ -201,3 +237,8 @@ def _add_deltas(report: dict[str, Any]) -> None:
             ppl = row.get(engine, {}).get("ppl_per_char")
             if ppl is not None:
                 row[engine]["delta_pct"] = 100.0 * (ppl / reference - 1.0)
+    for row in rows.values():
+        theirs, ours = row.get("llama_quantizer", {}).get("ppl_per_char"), row.get("llama_cpp", {}).get("ppl_per_char")
+        if theirs is not None and ours is not None:
+            # both files scored by llama.cpp on the same windows: the quantizers' difference alone
+            row["llama_quantizer"]["ours_vs_theirs_pct"] = 100.0 * (ours / theirs - 1.0)

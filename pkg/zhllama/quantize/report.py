@@ -39,7 +39,47 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if not llama["available"]:
         lines += ["", f"llama.cpp columns are empty: {llama['reason']}."]
+    lines += comparison_lines(report) + double_quantization_note(report)
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(report: dict[str, Any]) -> list[str]:
+    """The types this exporter writes itself against llama.cpp's quantizer on the same F16 file; [] if none ran."""
+    rows = [row for row in report["types"] if row.get("llama_quantizer", {}).get("made")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Against llama.cpp's own quantizer (`llama_model_quantize` on the F16 file; both files scored by llama.cpp "
+        "on the same windows). Both quantize the half-precision weights, so the files should agree byte for byte "
+        "wherever they store a tensor as the same type; weight error is the relative RMS error against the "
+        "float32 weights.",
+        "",
+        "| type | ppl/char (ours) | ppl/char (llama.cpp's) | ours vs theirs | bytes differing | weight error (ours) "
+        "| weight error (llama.cpp's) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        theirs = row["llama_quantizer"]
+        error = theirs["weight_relative_rmse"]
+        lines.append(
+            f"| {row['type']} | {_number(row.get('llama_cpp', {}).get('ppl_per_char'))} "
+            f"| {_number(theirs.get('ppl_per_char'))} | {_pct(theirs.get('ours_vs_theirs_pct'))} "
+            f"| {theirs['bytes_differing_pct']:.2f}% | {error['ours']:.5f} | {error['llama_quantizer']:.5f} |"
+        )
+    other = {name: why for row in rows for name, why in row["llama_quantizer"]["tensors_of_another_type"].items()}
+    if other:
+        lines += ["", "Stored as another type by llama.cpp: " + "; ".join(f"{n} ({w})" for n, w in other.items())]
+    return lines
+
+
+def double_quantization_note(report: dict[str, Any]) -> list[str]:
+    source = report.get("source_quantization")
+    if not source:
+        return []
+    return ["", f"Double quantization: the base model was shipped as {source.removeprefix('MOSTLY_')} and "
+            "dequantized to float32 for training, so every weight that training left untouched is quantized a "
+            "second time here; a base shipped in float precision would lose less at each type."]
 
 
 def _checks(row: dict[str, Any]) -> str:

@@ -288,7 +288,10 @@ def quantize_section(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['type']} | {size} | {measured['ppl_per_char']:.3f} | {measured['delta_pct']:+.2f}% | "
                      f"{report.get(f'{engine}_delta_reference', 'F16')} | "
                      f"{'–' if speed is None else f'{speed:.0f}'} | {ENGINES[engine]} |")
-    return lines
+    # the stage's own renderings of the quantizer comparison and the double-quantization note (its report format)
+    from zhllama.quantize.report import comparison_lines, double_quantization_note
+
+    return lines + comparison_lines(report) + double_quantization_note(report)
 
 
 def samples_section(results: PipelineResults) -> list[str]:

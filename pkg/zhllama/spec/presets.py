@@ -163,7 +163,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 1e-3,
         },
         "merge": {"max_shard_size": "500MB", "dtype": "float32"},
-        "quantize": {"types": ["F16", "Q8_0", "Q4_0"], "max_eval_chars": 4000},
+        "quantize": {"types": ["F16", "Q8_0", "Q6_K", "Q4_K_M", "Q4_0"], "max_eval_chars": 20000},
         "eval": {"heldout": ["embedded://peoples-daily-heldout", "embedded://english-heldout"],
                  "max_chars": 6000, "stride": 448, "tasks": DEMO_TASKS, "max_task_examples": 100,
                  "sample_prompts": DEMO_PROMPTS, "max_new_tokens": 64},
