@@ -56,7 +56,7 @@ EVAL = preset_values("smol", "eval")
 EVAL_WINDOW = int(EvalSpec.model_fields["window"].default)
 EVAL_STRIDE = int(EVAL["stride"])
 DEMO_STEPS = int(preset_values("smol", "pretrain")["max_steps"])
-# The demo warms up over 5% of its 120 steps; the same 6 steps here, then a constant lr (see train_spec).
+# The demo warms up over 5% of its steps (5 of 100); the same steps here, then a constant lr (see train_spec).
 WARMUP_STEPS = int(DEMO_STEPS * TrainSpec.model_fields["warmup_ratio"].default)
 STEP_CAP = 100_000
 """max_steps of the spec: a cap the time budget always stops short of."""

@@ -16,6 +16,7 @@ from zhllama.embedded.instructions import (
     CONTINUATION_INSTRUCTION,
     SEGMENTATION_INSTRUCTION,
     SENTIMENT_INSTRUCTION,
+    WORD_SEPARATOR,
 )
 from zhllama.embedded.models import smollm2_gguf
 from zhllama.embedded.peoples_daily import parse_tagged_line
@@ -166,7 +167,7 @@ def test_segmentation_examples_are_heldout_words_of_heldout_text(built: dict[str
     train_text = "\n".join(lines(built["peoples-daily-train"]))
     task = records(built["segmentation-heldout"])
     for record in task:
-        assert record["output"].replace(" ", "") == record["input"]
+        assert record["output"].replace(WORD_SEPARATOR, "") == record["input"]
         assert record["input"] in heldout_text
     assert sum(record["input"] in train_text for record in task) < len(task) // 10
 

@@ -52,6 +52,7 @@ def test_segmentation_counts_words_by_span() -> None:
     assert segmentation_counts("我们 要", "") == (0, 0, 2)
     # A word with the right text at the wrong place (a character was dropped before it) is wrong.
     assert segmentation_counts("甲 乙 丙", "乙 丙") == (0, 2, 3)
+    assert segmentation_counts("我们/要/加快/改革", "我们/要加快 / 改革") == (2, 3, 4)
 
 
 def test_task_files_are_checked_line_by_line(tmp_path: Path) -> None:

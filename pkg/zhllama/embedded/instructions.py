@@ -23,7 +23,11 @@ from zhllama.embedded.peoples_daily import peoples_daily
 from zhllama.embedded.registry import builder, package_file
 
 SENTIMENT_INSTRUCTION = "判断下面评论的情感倾向，回答正面或负面。"
-SEGMENTATION_INSTRUCTION = "对下面的句子进行分词，词之间用空格分隔。"
+SEGMENTATION_INSTRUCTION = "对下面的句子进行分词，词之间用/分隔。"
+WORD_SEPARATOR = "/"
+"""Segmented answers separate words with "/", not spaces: a byte-level BPE pre-tokenizer (SmolLM2's, LLaMA-3's)
+joins a space to the word after it, and the extended vocabulary's Chinese merges cannot fire on " 要", which falls
+back to bytes. With "/" every word is the same token as in running text, in transformers and in llama.cpp alike."""
 CONTINUATION_INSTRUCTION = "续写下面这段新闻。"
 POSITIVE, NEGATIVE = "正面", "负面"
 
@@ -98,7 +102,7 @@ def clauses(paragraphs: Iterable[list[str]]) -> list[list[str]]:
 
 
 def segmentation_records(word_lists: list[list[str]]) -> list[Record]:
-    return [{"instruction": SEGMENTATION_INSTRUCTION, "input": "".join(words), "output": " ".join(words)}
+    return [{"instruction": SEGMENTATION_INSTRUCTION, "input": "".join(words), "output": WORD_SEPARATOR.join(words)}
             for words in word_lists]
 
 

@@ -3,14 +3,16 @@
 A task file is Alpaca JSONL (instruction, input, output) whose records also name a `metric`:
   accuracy          classification: the prediction is the first of the task's labels (its distinct reference
                     outputs) that the answer mentions; an answer that mentions none is wrong
-  segmentation_f1   word segmentation: the first line of the answer split on whitespace, words matched by their
-                    character span against the reference words (the SIGHAN bakeoff's word F1)
+  segmentation_f1   word segmentation: the first line of the answer and the reference split on "/" or whitespace
+                    (either separator), words matched by their character span against the reference words
+                    (the SIGHAN bakeoff's word F1)
 Answers are decoded greedily, so a score is a property of the model and the prompt, not of a sampling seed; the
 answer budget is the longest reference answer plus a margin, so a model that rambles costs no more than needed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ METRICS = ("accuracy", "segmentation_f1")
 ANSWER_MARGIN_TOKENS = 8
 BATCH_SIZE = 8
 SHOWN_EXAMPLES = 5
+WORD_BOUNDARY = re.compile(r"[\s/]+")
 
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
@@ -82,11 +85,15 @@ def word_spans(words: Sequence[str]) -> set[tuple[int, int, str]]:
     return spans
 
 
+def segmented_words(line: str) -> list[str]:
+    return [word for word in WORD_BOUNDARY.split(line) if word]
+
+
 def segmentation_counts(reference: str, answer: str) -> tuple[int, int, int]:
     """(words right, words predicted, words in the reference); a word is right when its span and text match."""
     lines = [line for line in answer.strip().splitlines() if line.strip()]
-    predicted = lines[0].split() if lines else []
-    gold = reference.split()
+    predicted = segmented_words(lines[0]) if lines else []
+    gold = segmented_words(reference)
     return len(word_spans(gold) & word_spans(predicted)), len(predicted), len(gold)
 
 

@@ -28,7 +28,7 @@ DEMO_TASKS = ["embedded://sentiment-heldout", "embedded://segmentation-heldout"]
 DEMO_PROMPTS = [
     "用一句话介绍一下北京。",
     "判断下面评论的情感倾向，回答正面或负面。\n房间很干净，服务也很周到，下次还会再来。",
-    "对下面的句子进行分词，词之间用空格分隔。\n我们要加快经济体制改革",
+    "对下面的句子进行分词，词之间用/分隔。\n我们要加快经济体制改革",
 ]
 
 
@@ -144,11 +144,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "block_size": 256,
             "micro_batch_size": 2,
             "grad_accum_steps": 1,
-            "max_steps": 120,
+            "max_steps": 100,
             "precision": "bf16",
             "zero_stage": 0,
             "log_every": 5,
-            "checkpoint_every": 40,
+            "checkpoint_every": 50,
             "lr": 2e-3,
         },
         "sft": {
@@ -160,7 +160,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "zero_stage": 0,
             "log_every": 5,
             "checkpoint_every": 50,
-            "lr": 1e-3,
+            "lr": 5e-4,
+            # embed_tokens/lm_head stay as pretraining left them: SFT's narrow answers would pull them away
+            "lora": {"modules_to_save": []},
         },
         "merge": {"max_shard_size": "500MB", "dtype": "float32"},
         "quantize": {"types": ["F16", "Q8_0", "Q6_K", "Q4_K_M", "Q4_0"], "max_eval_chars": 20000},
