@@ -27,11 +27,12 @@ def test_our_files_are_llama_cpps_bytes(spm_model: Path, tmp_path: Path) -> None
         assert theirs["bytes_compared"] > 0 and theirs["bytes_differing_pct"] == 0.0
         error = theirs["weight_relative_rmse"]
         assert error["ours"] == error["llama_quantizer"] > 0
+        assert theirs["ppl_scored"] is False  # identical bytes: llama.cpp's file is not scored a second time
         assert theirs["ours_vs_theirs_pct"] == pytest.approx(0.0, abs=1e-9)
         assert rows[qtype]["bytes"] == theirs["bytes"]
     assert not (tmp_path / "model-Q8_0.llama-quantize.gguf").exists()  # the comparison file is scratch
     table = (tmp_path / "report.md").read_text()
-    assert "| Q4_0 |" in table.split("Against llama.cpp's own quantizer")[1]
+    assert "(=)" in table.split("Against llama.cpp's own quantizer")[1].split("| Q4_0 |")[1]
 
 
 def test_the_float32_weights_would_give_other_bytes(spm_model: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ outnumber segmentation ones 3:1 to get a comparable share of the gradient."""
 TRAIN_CONTINUATIONS = 1300
 CONTINUATION_EVERY = 4
 """One news continuation after every 4 task examples: plain People's Daily text in the answers keeps SFT from
-unlearning what pretraining taught (the two tasks' answers alone are labels and space-separated words)."""
+unlearning what pretraining taught (the two tasks' answers alone are labels and /-separated words)."""
 TINY_EXAMPLES = 200
 TINY_INPUT_CHARS = 16
 """sft-train-tiny keeps short inputs so that prompts fit the tiny preset's SFT blocks."""

@@ -53,7 +53,8 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
         "Against llama.cpp's own quantizer (`llama_model_quantize` on the F16 file; both files scored by llama.cpp "
         "on the same windows). Both quantize the half-precision weights, so the files should agree byte for byte "
         "wherever they store a tensor as the same type; weight error is the relative RMS error against the "
-        "float32 weights.",
+        "float32 weights. A file identical to ours in every quantized byte has our perplexity by construction "
+        "and is not scored again (marked =).",
         "",
         "| type | ppl/char (ours) | ppl/char (llama.cpp's) | ours vs theirs | bytes differing | weight error (ours) "
         "| weight error (llama.cpp's) |",
@@ -62,9 +63,10 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
     for row in rows:
         theirs = row["llama_quantizer"]
         error = theirs["weight_relative_rmse"]
+        same = "" if theirs.get("ppl_scored", True) else " (=)"
         lines.append(
             f"| {row['type']} | {_number(row.get('llama_cpp', {}).get('ppl_per_char'))} "
-            f"| {_number(theirs.get('ppl_per_char'))} | {_pct(theirs.get('ours_vs_theirs_pct'))} "
+            f"| {_number(theirs.get('ppl_per_char'))}{same} | {_pct(theirs.get('ours_vs_theirs_pct'))} "
             f"| {theirs['bytes_differing_pct']:.2f}% | {error['ours']:.5f} | {error['llama_quantizer']:.5f} |"
         )
     other = {name: why for row in rows for name, why in row["llama_quantizer"]["tensors_of_another_type"].items()}
