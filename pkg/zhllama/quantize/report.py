@@ -86,10 +86,11 @@ def double_quantization_note(report: dict[str, Any]) -> list[str]:
 
 def _checks(row: dict[str, Any]) -> str:
     notes = ["reads back" if row["readback"]["ok"] else "READ-BACK FAILED"]
-    hf = row.get("transformers", {})
-    notes.append(
-        f"transformers top-1 {hf['top1_agreement']:.0%}" if hf.get("loaded") else f"transformers: {hf.get('error')}"
-    )
+    hf = row.get("transformers")
+    if hf is not None:
+        notes.append(
+            f"transformers top-1 {hf['top1_agreement']:.0%}" if hf["loaded"] else f"transformers: {hf.get('error')}"
+        )
     cpp = row.get("llama_cpp")
     if cpp is not None:
         if not cpp.get("loaded"):
