@@ -79,13 +79,13 @@ def quantize_all(
 ) -> dict[str, Any]:
     """Write `types` of `model_dir` into `out_dir` as model-<TYPE>.gguf plus report.json and report.md.
 
-    Each file is read back with gguf.GGUFReader, loaded by transformers (logits against the HF model; the files
-    this exporter writes, not llama.cpp's K-quants) and, where llama-cpp-python is installed and
-    `check_llama_cpp`, by llama.cpp (tokenization against the HF
-    tokenizer, logits, generation speed). The per-character perplexity on `documents` comes from llama.cpp
-    when it runs, else from transformers. K-quants need llama.cpp and are skipped without it. Each type this
-    exporter quantizes itself is also made by llama.cpp's quantizer from the F16 file and scored the same way
-    (`llama_quantizer`: the bytes that differ, both files' error against float32, its perplexity).
+    Each file is read back with gguf.GGUFReader, loaded by transformers (logits against the HF model; the F16
+    file alone where llama.cpp runs) and, where llama-cpp-python is installed and `check_llama_cpp`, by
+    llama.cpp (tokenization against the HF tokenizer, logits, generation speed). The per-character perplexity
+    on `documents` comes from llama.cpp when it runs, else from transformers. K-quants need llama.cpp and are
+    skipped without it. Each type this exporter quantizes itself is also made by llama.cpp's quantizer from the
+    F16 file and compared with ours (`llama_quantizer`: the bytes that differ, both files' error against
+    float32, its perplexity).
     """
     check_types(types)
     if not any(documents):
@@ -116,9 +116,11 @@ def quantize_all(
             row.update(file=path.name, bytes=path.stat().st_size, seconds=round(time.monotonic() - started, 1))
             row["readback"] = read_back(path, hf_tokens)
             use_llama_cpp = check_llama_cpp and llama_reason is None
-            # perplexity is scored once per file: by llama.cpp where it runs, else by transformers. transformers
-            # checks the files this exporter writes; a K-quant is llama.cpp's own file, which llama.cpp checks.
-            if qtype not in K_QUANTS:
+            # Perplexity is scored once per file: by llama.cpp where it runs, else by transformers. Where llama.cpp
+            # runs, transformers (its own GGUF reader and Q/K un-permutation) checks the exporter's layout on the
+            # F16 file alone: the quantized files share that layout, llama.cpp checks their logits, and
+            # `llama_quantizer` their bytes.
+            if not use_llama_cpp or qtype == "F16":
                 row["transformers"] = _transformers_row(path, heldout, with_perplexity=not use_llama_cpp)
             if use_llama_cpp:
                 row["llama_cpp"] = _llama_cpp_row(path, heldout)
