@@ -1,6 +1,6 @@
 """Extended vs base vocabulary at equal training wall time: held-out per-character perplexity, JSON lines and a PNG.
 
-  nice -n 5 .venv/bin/python bench/vocab_efficiency.py [--seconds 240] [--every 80] [--heldout-chars 1000]
+  nice -n 5 .venv/bin/python bench/vocab_efficiency.py [--seconds 600] [--every 120] [--heldout-chars 1000]
       [--tokenizer DIR] [--out docs/vocab_efficiency.png] [--smoke] [--replot SAVED_STDOUT]
 
 The claim under test (Chinese-LLaMA, Cui et al. 2023): the extended vocabulary learns Chinese faster per unit of
@@ -56,7 +56,7 @@ EVAL = preset_values("smol", "eval")
 EVAL_WINDOW = int(EvalSpec.model_fields["window"].default)
 EVAL_STRIDE = int(EVAL["stride"])
 DEMO_STEPS = int(preset_values("smol", "pretrain")["max_steps"])
-# The demo warms up over 5% of its steps (5 of 100); the same steps here, then a constant lr (see train_spec).
+# The demo warms up over 5% of its steps (4 of 80); the same steps here, then a constant lr (see train_spec).
 WARMUP_STEPS = int(DEMO_STEPS * TrainSpec.model_fields["warmup_ratio"].default)
 STEP_CAP = 100_000
 """max_steps of the spec: a cap the time budget always stops short of."""
@@ -285,8 +285,8 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=240.0, help="training seconds charged to each model")
-    parser.add_argument("--every", type=float, default=80.0, help="charged seconds between checkpoints")
+    parser.add_argument("--seconds", type=float, default=600.0, help="training seconds charged to each model")
+    parser.add_argument("--every", type=float, default=120.0, help="charged seconds between checkpoints")
     # 1000 characters: an evaluation of the base model costs ~40 s of this machine (~1800 tokens, 4 windows).
     parser.add_argument("--heldout-chars", type=int, default=1000)
     parser.add_argument("--tokenizer", type=Path, default=None, help="a built extended tokenizer directory")
