@@ -15,10 +15,9 @@ Every `--every` seconds of a model's charged time (and at 0) its per-character p
 line; the last line compares the two final perplexities. `--tokenizer DIR` reuses a built extended tokenizer
 (e.g. the tokenizer stage's output) instead of building it here (~1-2 minutes).
 
-On the 2 shared CPU cores here the defaults took 20 minutes at a load average of ~8 (2 x 240 s charged, plus the
-setup, the evaluations and the other processes' share of the cores); `--smoke` (20 s budget, 10 s checkpoints)
-about 6. At that load a step takes 40-55 s, so the defaults cover only the first 5 steps (inside the 6-step
-warmup): give a larger `--seconds` (and `--every`) where more time or a GPU is at hand.
+On the 2 CPU cores here the defaults took 22 minutes (2 x 600 s charged, plus the setup and the evaluations):
+about 3.1 s per step with the extended vocabulary and 2.8 s with the base one, so ~200 steps each, the demo's
+pretraining twice over. `--smoke` (20 s budget, 10 s checkpoints) takes a few minutes.
 """
 
 from __future__ import annotations
