@@ -8,10 +8,10 @@ Why the demo's SFT does not reach 85 % held-out sentiment accuracy, measured rat
 `make demo`'s store) reads each review in the exact Alpaca prompt `ctl run eval` uses; its features are the last
 layer's hidden state at the final prompt position (where the label is generated) and the middle layer's mean over
 the review. An L2-regularized logistic regression is fitted on the first N training reviews for each `--sizes`
-N (regularization picked on a fifth of those N, never on the held-out reviews), then scored on every held-out
-review. A bag-of-characters logistic regression on the same reviews is the reference for what the data alone
-allows. One JSON line per (features, N); the probe bounds what a LoRA head on these features can learn from N
-examples, and SFT at the demo's 30 steps sees about 150 sentiment examples.
+N (regularization picked on a fifth of those N, never on the held-out reviews), then scored on the held-out
+reviews (all 500, or the first `--heldout`). A bag-of-characters logistic regression on the same reviews is
+the reference for what the data alone allows. One JSON line per (features, N): how separable N reviews make
+the two labels in each representation; SFT at the demo's 30 steps sees about 150 sentiment examples.
 
 About 0.3 s per review on 2 idle CPU cores (2500 reviews with the defaults: ~13 minutes).
 """
@@ -24,23 +24,26 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from zhllama.embedded.instructions import POSITIVE, sentiment_split
 from zhllama.embedded.models import smollm2_gguf
 from zhllama.models.loading import load_causal_lm
-from zhllama.prompts import alpaca_prompt
+from zhllama.prompts import RESPONSE_HEADER, alpaca_prompt
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 @torch.no_grad()
-def model_features(model: torch.nn.Module, tokenizer, records: list[dict]) -> torch.Tensor:  # noqa: ANN001
+def model_features(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: list[dict]) -> torch.Tensor:
+    # the tokens after the review: the blank line and the response header the prompt ends with
+    after_review = len(tokenizer("\n\n" + RESPONSE_HEADER, add_special_tokens=False).input_ids)
     rows = []
     for record in records:
         ids = tokenizer(alpaca_prompt(record["instruction"], record["input"]), return_tensors="pt").input_ids
         hidden = model(ids, output_hidden_states=True, logits_to_keep=1).hidden_states
         review = len(tokenizer(record["input"], add_special_tokens=False).input_ids)
-        end = ids.shape[1] - len(tokenizer("\n\n### Response:\n", add_special_tokens=False).input_ids)
+        end = ids.shape[1] - after_review
         middle = hidden[len(hidden) // 2][0, max(end - review, 0) : end].mean(0)
         rows.append(torch.cat([hidden[-1][0, -1], middle]).float())
     return torch.stack(rows)

@@ -188,7 +188,7 @@ def _llama_quantizer_row(
     """llama.cpp's quantization of the F16 file to `qtype`, compared with ours and scored as ours is.
 
     A file whose quantized tensors equal ours byte for byte has our perplexity by construction: it is not
-    scored again (`ppl_scored` false), which halves the time the comparison costs."""
+    scored again (`ppl_scored` false): one llama.cpp scoring pass saved per type."""
     theirs = scratch / f"model-{qtype}.llama-quantize.gguf"
     try:
         llama_quantize(_f16_file(model_dir, out_dir, types, scratch), theirs, qtype)
