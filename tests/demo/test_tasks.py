@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tests.fixtures.char_tokenizer import chunk_tokenizer
-from tests.fixtures.tiny_llama import scripted_llama, tiny_llama
+from tests.fixtures.tiny_llama import scripted_llama, successor_llama, tiny_llama
 from zhllama.errors import UserError
 from zhllama.eval.tasks import (
     TaskExample,
+    first_line,
     greedy_answers,
     predicted_label,
     read_task_file,
@@ -44,6 +46,14 @@ def test_the_first_label_mentioned_is_the_prediction() -> None:
     assert predicted_label("这条评论是负面的，不是正面", labels) == "负面"
     assert predicted_label("### Response:", labels) is None
     assert predicted_label("very positive", ["positive", "very positive"]) == "very positive"
+    # the answer is its first non-empty line: a label further down was not what the model answered
+    assert predicted_label("\n\n负面\n正面", labels) == "负面"
+    assert predicted_label("好评\n正面", labels) is None
+
+
+def test_the_answer_is_the_first_non_empty_line() -> None:
+    assert first_line("\n \n 我们/要 \n下一行") == "我们/要"
+    assert first_line("\n\n") == ""
 
 
 def test_segmentation_counts_words_by_span() -> None:
@@ -111,6 +121,20 @@ def test_batched_greedy_answers_match_one_at_a_time() -> None:
     alone = [greedy_answers(model, tokenizer, [prompt], max_new_tokens=6)[0] for prompt in prompts]
     assert batched == alone
     assert len(set(batched)) > 1  # the prompts really get different answers, so the comparison means something
+
+
+def test_decoding_stops_at_the_end_of_the_first_non_empty_line() -> None:
+    tokenizer = char_tokenizer()
+    # after the prompt's last "\n": a blank line, then "否", then a new line that would say "否" again, forever
+    model = successor_llama(tokenizer, {"\n": "否", "否": "\n"})
+    blank_first = successor_llama(tokenizer, {":": "\n", "\n": "否", "否": "\n"})
+    prompts = [INSTRUCTION + text + "\n" for text in INPUTS]
+    assert greedy_answers(model, tokenizer, prompts, max_new_tokens=9) == ["否\n"] * 4
+    # a leading blank line is not an answer: decoding goes on to the "否" line
+    assert greedy_answers(blank_first, tokenizer, ["答:"], max_new_tokens=9) == ["\n否\n"]
+    # without the stop the budget would be spent: 9 tokens alternating
+    assert tokenizer.decode(model.generate(torch.tensor([tokenizer.encode(prompts[0])]), max_new_tokens=9,
+                                           do_sample=False)[0, len(tokenizer.encode(prompts[0])):]) == "否\n" * 4 + "否"
 
 
 def test_sample_generations_are_reproducible_with_the_seed() -> None:

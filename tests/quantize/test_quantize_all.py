@@ -15,7 +15,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.quantize.quantize_fixtures import CORPUS
 from zhllama.errors import UserError
+from zhllama.eval.perplexity import per_char_perplexity
 from zhllama.merge import merge_lora
+from zhllama.models.loading import load_tokenizer
 from zhllama.models.provenance import quantized_source, read_provenance
 from zhllama.quantize import export_gguf, quantize_all
 
@@ -35,7 +37,8 @@ def test_quantize_all_without_llama_cpp(bpe_model: Path, tmp_path: Path, monkeyp
         assert (tmp_path / f"model-{qtype}.gguf").stat().st_size == rows[qtype]["bytes"]
     f16, q8, q4 = (rows[t]["transformers"] for t in ("F16", "Q8_0", "Q4_0"))
     # F16 is the HF model up to half-precision rounding; 8 bits cost less than 4
-    assert abs(f16["ppl_per_char"] / report["hf"]["ppl_per_char"] - 1) < 1e-3
+    assert report["hf"] == {} and report["transformers_delta_reference"] == "F16"  # F16 written: the reference
+    assert abs(f16["ppl_per_char"] / float32_ppl(bpe_model) - 1) < 1e-3
     assert f16["top1_agreement"] == 1.0
     assert abs(q8["delta_pct"]) < abs(q4["delta_pct"])
     assert rows["F16"]["bytes"] > rows["Q8_0"]["bytes"] > rows["Q4_0"]["bytes"]
@@ -50,13 +53,31 @@ def test_quantize_all_with_llama_cpp(spm_model: Path, tmp_path: Path) -> None:
     rows = {row["type"]: row for row in report["types"]}
     assert rows["Q4_K_M"]["via"] == "llama.cpp" and rows["Q4_K_M"]["readback"]["ok"]
     assert rows["Q4_K_M"]["bytes"] < rows["F16"]["bytes"]
-    # where llama.cpp scores the files, transformers checks the exporter's layout on the F16 file alone
-    assert rows["F16"]["transformers"]["loaded"] and "transformers" not in rows["Q4_K_M"]
+    # where llama.cpp scores the files, it alone loads them: its logits check the exporter's layout
     for row in rows.values():
+        assert "transformers" not in row
         assert row["llama_cpp"]["loaded"] and row["llama_cpp"]["tokenization_matches_hf"]
         assert row["llama_cpp"]["tokens_per_second"] > 0
+    # F16's logits are the HF model's up to half-precision rounding (0.014 here); a wrong Q/K permutation or a
+    # shifted vocabulary moves them by whole units, as 4-bit quantization does (2.2)
+    assert rows["F16"]["llama_cpp"]["logits_max_abs_diff"] < 0.1 < rows["Q4_K_M"]["llama_cpp"]["logits_max_abs_diff"]
     # llama.cpp's F16 perplexity is the HF model's up to half-precision rounding
-    assert abs(rows["F16"]["llama_cpp"]["ppl_per_char"] / report["hf"]["ppl_per_char"] - 1) < 1e-2
+    assert abs(rows["F16"]["llama_cpp"]["ppl_per_char"] / float32_ppl(spm_model) - 1) < 1e-2
+    assert "float32 HF model is not scored" in (tmp_path / "report.md").read_text()
+
+
+def test_without_an_f16_file_the_float32_model_is_the_reference(bpe_model: Path, tmp_path: Path) -> None:
+    report = quantize_all(bpe_model, tmp_path, ["Q8_0"], CORPUS, window=32, stride=16, check_llama_cpp=False)
+    assert abs(report["hf"]["ppl_per_char"] / float32_ppl(bpe_model) - 1) < 1e-9
+    row = report["types"][0]["transformers"]
+    assert report["transformers_delta_reference"] == "HF model"
+    assert row["delta_pct"] == pytest.approx(100 * (row["ppl_per_char"] / report["hf"]["ppl_per_char"] - 1))
+
+
+def float32_ppl(model_dir: Path) -> float:
+    """The float32 HF model's per-character perplexity on the corpus, with the windows the tests pass."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return per_char_perplexity(model, load_tokenizer(model_dir, field="model"), CORPUS, 32, 16).per_char
 
 
 def test_unknown_type_fails_before_any_work(bpe_model: Path, tmp_path: Path) -> None:

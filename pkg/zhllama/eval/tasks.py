@@ -3,11 +3,13 @@
 A task file is Alpaca JSONL (instruction, input, output) whose records also name a `metric`:
   accuracy          classification: the prediction is the first of the task's labels (its distinct reference
                     outputs) that the answer mentions; an answer that mentions none is wrong
-  segmentation_f1   word segmentation: the first line of the answer and the reference split on "/" or whitespace
-                    (either separator), words matched by their character span against the reference words
-                    (the SIGHAN bakeoff's word F1)
-Answers are decoded greedily, so a score is a property of the model and the prompt, not of a sampling seed; the
-answer budget is the longest reference answer plus a margin, so a model that rambles costs no more than needed.
+  segmentation_f1   word segmentation: the answer and the reference split on "/" or whitespace (either
+                    separator), words matched by their character span against the reference words (the SIGHAN
+                    bakeoff's word F1)
+An answer is the first non-empty line the model writes (every reference answer is one line), and decoding stops
+there: a model that goes on to a second line or a new "### Instruction:" is scored on what it answered, at the
+cost of that line only. Answers are decoded greedily, so a score is a property of the model and the prompt, not
+of a sampling seed; the budget is the longest reference answer plus a margin, for a model that never ends a line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from zhllama.errors import UserError
 from zhllama.generate.decoding import DecodingSettings, generate
@@ -32,6 +34,8 @@ ANSWER_MARGIN_TOKENS = 8
 BATCH_SIZE = 8
 SHOWN_EXAMPLES = 5
 WORD_BOUNDARY = re.compile(r"[\s/]+")
+LINE_ENDED = re.compile(r"\S[^\n]*\n")
+"""A non-empty line and its end: where an answer is complete."""
 
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
@@ -71,8 +75,14 @@ def task_prompt(example: TaskExample, instruction_model: bool) -> str:
     return f"{example.instruction}\n{example.input}\n" if example.input else f"{example.instruction}\n"
 
 
+def first_line(answer: str) -> str:
+    """What the model answered: its first non-empty line, stripped ("" when it wrote only blank lines)."""
+    return next((line.strip() for line in answer.splitlines() if line.strip()), "")
+
+
 def predicted_label(answer: str, labels: Sequence[str]) -> str | None:
-    """The label the answer mentions first (the longest one when several start at the same place)."""
+    """The label the answer's first line mentions first (the longest one when several start at the same place)."""
+    answer = first_line(answer)
     found = [(answer.find(label), -len(label), label) for label in labels if label in answer]
     return min(found)[2] if found else None
 
@@ -91,10 +101,21 @@ def segmented_words(line: str) -> list[str]:
 
 def segmentation_counts(reference: str, answer: str) -> tuple[int, int, int]:
     """(words right, words predicted, words in the reference); a word is right when its span and text match."""
-    lines = [line for line in answer.strip().splitlines() if line.strip()]
-    predicted = segmented_words(lines[0]) if lines else []
+    predicted = segmented_words(first_line(answer))
     gold = segmented_words(reference)
     return len(word_spans(gold) & word_spans(predicted)), len(predicted), len(gold)
+
+
+class FirstLineEnded(StoppingCriteria):
+    """Done, row by row, once the generated text holds a complete non-empty line (what `first_line` reads)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        generated = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([LINE_ENDED.search(text) is not None for text in generated], device=input_ids.device)
 
 
 @torch.no_grad()
@@ -102,7 +123,8 @@ def greedy_answers(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
     progress: Progress = lambda batches: batches,
 ) -> list[str]:
-    """Greedy continuations of `prompts`, BATCH_SIZE at a time, left-padded; similar lengths share a batch."""
+    """Greedy continuations of `prompts` up to the end of their first non-empty line, BATCH_SIZE at a time,
+    left-padded; similar lengths share a batch."""
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = model_device(model)
@@ -118,6 +140,7 @@ def greedy_answers(
         output = model.generate(  # type: ignore[operator]
             input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
             eos_token_id=eos, pad_token_id=pad,
+            stopping_criteria=StoppingCriteriaList([FirstLineEnded(tokenizer, width)]),
         )
         answers.update(zip(batch, tokenizer.batch_decode(output[:, width:], skip_special_tokens=True), strict=True))
     return [answers[index] for index in range(len(prompts))]

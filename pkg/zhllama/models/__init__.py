@@ -3,7 +3,7 @@ once into the store for every stage, and loading a causal LM with its adapters.
 
   paths    locate_model, locate_tokenizer, tokenizer_of, copy_tokenizer_files, ModelFiles (no torch)
   once     built_once, wait_for: node 0 builds and publishes, the other nodes poll the store
-  gguf     import_gguf, hf_model_dir: the cached GGUF -> HF import (train and merge)
+  gguf     import_gguf, hf_model_dir: the cached GGUF -> HF import (every stage that loads weights)
   loading  load_tokenizer, tokenizer_directory, load_causal_lm, load_spec_model, context_length, model_device
   adapter_vocab  adapter_vocab, real_rows: which rows of an adapter's embed_tokens/lm_head are tokens (padding)
   provenance  provenance.json: a model's quantized origin, carried from the GGUF import through the merge

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from zhllama.errors import UserError
 from zhllama.models.adapter_vocab import adapter_vocab
+from zhllama.models.gguf import hf_model_dir
 from zhllama.models.paths import ModelFiles, locate_model, locate_tokenizer, tokenizer_of
 from zhllama.models.sentencepiece_tokenizer import is_sentencepiece_directory, load_sentencepiece_tokenizer
 
@@ -73,12 +74,12 @@ def load_causal_lm(
 
 
 def load_spec_model(ctx: RunContext, spec: EvalSpec | GenerateSpec) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """`load_causal_lm` on the spec's model, adapters and tokenizer, fetched through the run context."""
+    """`load_causal_lm` on the spec's model, adapters and tokenizer, fetched through the run context; a GGUF model
+    through the store's import cache, as the training stages load it (the pipeline's evals reuse their import)."""
     return load_causal_lm(
-        ctx.input(spec.model),
+        hf_model_dir(ctx, spec.model, field="model", gguf_file=spec.gguf_file, choose_with="gguf_file"),
         [ctx.input(uri) for uri in spec.adapters],
         ctx.input(spec.tokenizer) if spec.tokenizer else None,
-        spec.gguf_file,
     )
 
 

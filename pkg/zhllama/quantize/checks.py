@@ -10,9 +10,8 @@ import gguf
 import torch
 
 
-def read_back(path: Path, hf_tokens: list[str]) -> dict[str, Any]:
-    """Read the file with gguf.GGUFReader; the token list must hold the HF tokens at the same ids."""
-    reader = gguf.GGUFReader(path)
+def read_back(reader: gguf.GGUFReader, hf_tokens: list[str]) -> dict[str, Any]:
+    """What gguf.GGUFReader read of the file; the token list must hold the HF tokens at the same ids."""
     fields = reader.fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")

@@ -19,12 +19,12 @@ from zhllama.quantize.export import float_tensors
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
 
 
-def compare_quantizers(model_dir: Path, ours: Path, theirs: Path) -> dict[str, Any]:
+def compare_quantizers(model_dir: Path, ours: gguf.GGUFReader, theirs: gguf.GGUFReader) -> dict[str, Any]:
     """Bytes that differ between `ours` and `theirs` (llama.cpp's quantization of the F16 file) in the tensors
     both quantize to the same type, the tensors they store differently, and each file's relative RMS error
     against the float32 weights of `model_dir`."""
-    our_tensors = {t.name: t for t in gguf.GGUFReader(ours).tensors}
-    their_tensors = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    our_tensors = {t.name: t for t in ours.tensors}
+    their_tensors = {t.name: t for t in theirs.tensors}
     compared = differing = 0
     other_type: dict[str, str] = {}
     squared = {"ours": 0.0, "llama_quantizer": 0.0}

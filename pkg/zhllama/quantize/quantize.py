@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -79,23 +80,25 @@ def quantize_all(
 ) -> dict[str, Any]:
     """Write `types` of `model_dir` into `out_dir` as model-<TYPE>.gguf plus report.json and report.md.
 
-    Each file is read back with gguf.GGUFReader, loaded by transformers (logits against the HF model; the F16
-    file alone where llama.cpp runs) and, where llama-cpp-python is installed and `check_llama_cpp`, by
-    llama.cpp (tokenization against the HF tokenizer, logits, generation speed). The per-character perplexity
-    on `documents` comes from llama.cpp when it runs, else from transformers. K-quants need llama.cpp and are
-    skipped without it. Each type this exporter quantizes itself is also made by llama.cpp's quantizer from the
-    F16 file and compared with ours (`llama_quantizer`: the bytes that differ, both files' error against
-    float32, its perplexity).
+    Each file is read back with gguf.GGUFReader and loaded, where llama-cpp-python is installed and
+    `check_llama_cpp`, by llama.cpp (tokenization against the HF tokenizer, logits against the HF model's,
+    per-character perplexity on `documents`, generation speed), else by transformers (its own GGUF reader and
+    Q/K un-permutation: logits and perplexity). K-quants need llama.cpp and are skipped without it. Each type
+    this exporter quantizes itself is also made by llama.cpp's quantizer from the F16 file and compared with
+    ours (`llama_quantizer`: the bytes that differ, both files' error against float32, its perplexity). Δ is
+    against the F16 file; the float32 HF model is scored on `documents` only when no F16 file is written, as
+    the reference then.
     """
     check_types(types)
     if not any(documents):
         raise UserError("quantize: the held-out text is empty; pass at least one document for the perplexity table")
     llama_reason = unavailable_reason()
-    heldout, hf_tokens, source_ppl = _reference(model_dir, documents, window, stride)
+    use_llama_cpp = check_llama_cpp and llama_reason is None
+    heldout, hf_tokens, source_ppl = _reference(model_dir, documents, window, stride, scored="F16" not in types)
     report: dict[str, Any] = {
         "model": str(model_dir),
         "heldout": {"documents": len(documents), "characters": heldout.characters, "window": window, "stride": stride},
-        "hf": {"ppl_per_char": source_ppl.per_char, "tokens": source_ppl.tokens},
+        "hf": {"ppl_per_char": source_ppl.per_char, "tokens": source_ppl.tokens} if source_ppl else {},
         "llama_cpp": {"available": llama_reason is None, "reason": llama_reason, "checked": check_llama_cpp},
         # weights dequantized from a quantized base and quantized again here: a double quantization
         "source_quantization": quantized_source(model_dir),
@@ -114,30 +117,31 @@ def quantize_all(
                 continue
             path = gguf_path(out_dir, qtype)
             row.update(file=path.name, bytes=path.stat().st_size, seconds=round(time.monotonic() - started, 1))
-            row["readback"] = read_back(path, hf_tokens)
-            use_llama_cpp = check_llama_cpp and llama_reason is None
-            # Perplexity is scored once per file: by llama.cpp where it runs, else by transformers. Where llama.cpp
-            # runs, transformers (its own GGUF reader and Q/K un-permutation) checks the exporter's layout on the
-            # F16 file alone: the quantized files share that layout, llama.cpp checks their logits, and
-            # `llama_quantizer` their bytes.
-            if not use_llama_cpp or qtype == "F16":
-                row["transformers"] = _transformers_row(path, heldout, with_perplexity=not use_llama_cpp)
+            reader = gguf.GGUFReader(path)  # one parse per file (seconds for a 50k-token vocabulary), shared
+            row["readback"] = read_back(reader, hf_tokens)
+            # Each file is loaded and scored once, by the engine its users run. llama.cpp's logits on the F16 file
+            # against the HF model's check the exporter's layout (Q/K permutation, vocabulary) as transformers'
+            # reader would; the quantized files share that layout, and `llama_quantizer` checks their bytes.
             if use_llama_cpp:
                 row["llama_cpp"] = _llama_cpp_row(path, heldout)
+            else:
+                row["transformers"] = _transformers_row(path, heldout)
             if use_llama_cpp and qtype in LLAMA_FTYPES and qtype not in (*K_QUANTS, "F16"):
                 ours = row["llama_cpp"].get("ppl_per_char")
                 row["llama_quantizer"] = _llama_quantizer_row(
-                    model_dir, out_dir, qtype, types, Path(scratch), heldout, ours
+                    model_dir, out_dir, qtype, types, Path(scratch), heldout, reader, ours
                 )
+            del reader
     _add_deltas(report)
     write_report(report, out_dir)
     return report
 
 
 def _reference(
-    model_dir: Path, documents: list[str], window: int, stride: int
-) -> tuple[HeldOut, list[str], PerplexityResult]:
-    """What every quantized file is compared with: the HF model's logits and perplexity on the held-out text."""
+    model_dir: Path, documents: list[str], window: int, stride: int, *, scored: bool
+) -> tuple[HeldOut, list[str], PerplexityResult | None]:
+    """What every quantized file is compared with: the HF model's logits, and its perplexity on the held-out text
+    when `scored` (the Δ reference where no F16 file is written)."""
     from transformers import AutoModelForCausalLM
 
     from zhllama.models.loading import load_tokenizer
@@ -147,7 +151,7 @@ def _reference(
     document_tokens = [document_ids(tokenizer, text) for text in documents]
     logits_ids = document_tokens[0][:CHECK_TOKENS]
     source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    source_ppl = per_char_perplexity(source, tokenizer, documents, window, stride)
+    source_ppl = per_char_perplexity(source, tokenizer, documents, window, stride) if scored else None
     heldout = HeldOut(
         tokenizer, documents, document_tokens, logits_ids, model_logits(source, logits_ids), window, stride
     )
@@ -183,7 +187,7 @@ def _f16_file(model_dir: Path, out_dir: Path, types: list[str], scratch: Path) -
 
 def _llama_quantizer_row(
     model_dir: Path, out_dir: Path, qtype: str, types: list[str], scratch: Path, heldout: HeldOut,
-    our_ppl: float | None,
+    ours: gguf.GGUFReader, our_ppl: float | None,
 ) -> dict[str, Any]:
     """llama.cpp's quantization of the F16 file to `qtype`, compared with ours and scored as ours is.
 
@@ -195,7 +199,7 @@ def _llama_quantizer_row(
     except LlamaCppFailed as error:
         return {"made": False, "error": str(error)}
     row: dict[str, Any] = {"made": True, "bytes": theirs.stat().st_size,
-                           **compare_quantizers(model_dir, gguf_path(out_dir, qtype), theirs)}
+                           **compare_quantizers(model_dir, ours, gguf.GGUFReader(theirs))}
     identical = row["bytes_differing_pct"] == 0.0 and not row["tensors_of_another_type"]
     row["ppl_scored"] = not identical
     row["ppl_per_char"] = our_ppl if identical else _llama_cpp_row(theirs, heldout).get("ppl_per_char")
@@ -203,15 +207,13 @@ def _llama_quantizer_row(
     return row
 
 
-def _transformers_row(path: Path, heldout: HeldOut, with_perplexity: bool) -> dict[str, Any]:
+def _transformers_row(path: Path, heldout: HeldOut) -> dict[str, Any]:
     try:
         model = load_with_transformers(path)
     except (ValueError, NotImplementedError, KeyError, RuntimeError) as error:
         return {"loaded": False, "error": f"{type(error).__name__}: {error}"}
-    row: dict[str, Any] = {"loaded": True}
-    if with_perplexity:
-        result = per_char_perplexity(model, heldout.tokenizer, heldout.documents, heldout.window, heldout.stride)
-        row["ppl_per_char"] = result.per_char
+    result = per_char_perplexity(model, heldout.tokenizer, heldout.documents, heldout.window, heldout.stride)
+    row: dict[str, Any] = {"loaded": True, "ppl_per_char": result.per_char}
     row.update(compare_logits(model_logits(model, heldout.logits_ids), heldout.reference_logits))
     del model
     gc.collect()
@@ -245,8 +247,10 @@ def _add_deltas(report: dict[str, Any]) -> None:
     rows = {row["type"]: row for row in report["types"]}
     for engine in ("transformers", "llama_cpp"):
         f16 = rows.get("F16", {}).get(engine, {}).get("ppl_per_char")
-        reference = f16 if f16 is not None else report["hf"]["ppl_per_char"]
+        reference = f16 if f16 is not None else report["hf"].get("ppl_per_char")
         report[f"{engine}_delta_reference"] = "F16" if f16 is not None else "HF model"
+        if reference is None:
+            continue  # F16 was asked for and this engine did not score it: no Δ
         for row in rows.values():
             ppl = row.get(engine, {}).get("ppl_per_char")
             if ppl is not None:

@@ -19,9 +19,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# GGUF quantization of {report['model']}",
         "",
         f"Per-character perplexity on {heldout['characters']} held-out characters ({heldout['documents']} documents, "
-        f"window {heldout['window']}, stride {heldout['stride']}); HF model (float32): "
-        f"{report['hf']['ppl_per_char']:.4f}. Δ is against {report['transformers_delta_reference']} (transformers) "
-        f"and {report['llama_cpp_delta_reference']} (llama.cpp). Perplexity is scored by llama.cpp where it runs.",
+        f"window {heldout['window']}, stride {heldout['stride']}); {float32_reference(report)} Δ is against "
+        f"{report['transformers_delta_reference']} (transformers) and {report['llama_cpp_delta_reference']} "
+        "(llama.cpp). Perplexity is scored by llama.cpp where it runs.",
         "",
         "| type | size (MB) | ppl/char (transformers) | Δ | ppl/char (llama.cpp) | Δ | tokens/s (llama.cpp) | checks |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -41,6 +41,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"llama.cpp columns are empty: {llama['reason']}."]
     lines += comparison_lines(report) + double_quantization_note(report)
     return "\n".join(lines) + "\n"
+
+
+def float32_reference(report: dict[str, Any]) -> str:
+    """The float32 HF model's perplexity where it was scored (the reference without an F16 file)."""
+    ppl = report["hf"].get("ppl_per_char")
+    if ppl is None:
+        return ("the float32 HF model is not scored (the F16 file is the reference; each file's logits are "
+                "compared with the HF model's).")
+    return f"the float32 HF model: {ppl:.4f}."
 
 
 def comparison_lines(report: dict[str, Any]) -> list[str]:

@@ -267,10 +267,13 @@ ENGINES = {"llama_cpp": "llama.cpp", "transformers": "transformers"}
 
 def quantize_section(report: dict[str, Any]) -> list[str]:
     """The paper's quantization table; each row measured by llama.cpp when it ran, else by transformers."""
+    # the stage's own renderings of the quantizer comparison and the notes (its report format)
+    from zhllama.quantize.report import comparison_lines, double_quantization_note, float32_reference
+
     heldout = report["heldout"]
     lines = ["## Quantization", "",
              f"GGUF files of the merged model; per-character perplexity on {heldout['characters']} held-out "
-             f"characters (the HF float32 model: {report['hf']['ppl_per_char']:.3f}).", "",
+             f"characters; {float32_reference(report)}", "",
              "| type | file size | ppl per char | Δ | vs | tokens/s | measured by |",
              "|---|---:|---:|---:|---|---:|---|"]
     for row in report["types"]:
@@ -288,9 +291,6 @@ def quantize_section(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['type']} | {size} | {measured['ppl_per_char']:.3f} | {measured['delta_pct']:+.2f}% | "
                      f"{report.get(f'{engine}_delta_reference', 'F16')} | "
                      f"{'–' if speed is None else f'{speed:.0f}'} | {ENGINES[engine]} |")
-    # the stage's own renderings of the quantizer comparison and the double-quantization note (its report format)
-    from zhllama.quantize.report import comparison_lines, double_quantization_note
-
     return lines + comparison_lines(report) + double_quantization_note(report)
 
 
