@@ -7,7 +7,6 @@ from zhllama.train.distributed import DistEnv, process_env, start_process_group
 from zhllama.train.engine import build_engine, deepspeed_config, lr_lambda, resolve_precision
 from zhllama.train.loop import TrainResult, fit, train, write_adapter
 from zhllama.train.model import (
-    ADAPTER_RECORD,
     add_lora,
     check_quantization_supported,
     load_base,
@@ -19,7 +18,7 @@ from zhllama.train.recipe import TrainInputs, TrainOutputs, TrainSetup, build_mo
 from zhllama.train.stage import run_pretrain, run_sft, run_train
 
 __all__ = [
-    "ADAPTER_RECORD", "Checkpoints", "Dataset", "DistEnv", "TrainInputs", "TrainOutputs", "TrainResult",
+    "Checkpoints", "Dataset", "DistEnv", "TrainInputs", "TrainOutputs", "TrainResult",
     "TrainSetup", "TrainerState", "add_lora", "build_engine", "build_model", "check_quantization_supported",
     "deepspeed_config", "fit", "load_base", "local_setup", "lr_lambda", "merge_adapters", "prepare",
     "pretrain_dataset", "process_env", "resize_vocabulary", "resolve_precision", "run_pretrain", "run_sft",

@@ -21,13 +21,13 @@ import yaml
 from zhllama.data import collate
 from zhllama.errors import UserError
 from zhllama.models import copy_tokenizer_files
+from zhllama.models.adapter_vocab import ADAPTER_RECORD
 from zhllama.spec import TrainSpec
 from zhllama.train.checkpoint import Checkpoints, TrainerState
 from zhllama.train.datasets import Dataset
 from zhllama.train.distributed import DistEnv, all_ranks_mean
 from zhllama.train.engine import DeepSpeedEngine
 from zhllama.train.metrics import MetricsLog, flops_per_token, peak_flops
-from zhllama.train.model import ADAPTER_RECORD
 from zhllama.train.recipe import TrainOutputs, TrainSetup, local_setup
 
 

@@ -6,9 +6,8 @@ base; the vocabulary is the base's when the spec trains with the base's own toke
 
 from __future__ import annotations
 
-import math
-
 from zhllama.errors import UserError
+from zhllama.models.adapter_vocab import padded_size
 from zhllama.spec import TrainSpec
 from zhllama.spec.presets import preset_values
 from zhllama.train.memory import GIB, KNOWN_ARCHITECTURES, Architecture, MemoryPlan, estimate_for_run
@@ -21,7 +20,7 @@ def architecture_for(spec: TrainSpec) -> Architecture | None:
     if arch is None or spec.base_model != base:
         return None
     rows = arch.base_vocab if spec.tokenizer == spec.base_model else arch.vocab_rows
-    return arch.with_vocab(math.ceil(rows / spec.pad_vocab_multiple) * spec.pad_vocab_multiple)
+    return arch.with_vocab(padded_size(rows, spec.pad_vocab_multiple))
 
 
 def device_type_for(spec: TrainSpec) -> str:

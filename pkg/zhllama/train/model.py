@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from transformers.utils import is_flash_attn_2_available
 
 from zhllama.errors import UserError
-from zhllama.models.adapter_vocab import ADAPTER_RECORD as ADAPTER_RECORD
 from zhllama.models.adapter_vocab import adapter_vocab, padded_size
 from zhllama.models.sentencepiece_tokenizer import SentencePieceTokenizer
 from zhllama.spec import LoraSpec
