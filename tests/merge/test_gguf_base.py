@@ -1,5 +1,5 @@
-"""A GGUF base (as the embedded SmolLM2 is) through pretraining and the merge: imported once into the store's cache,
-the import shared by both stages, the merged model equal to the GGUF base with the adapter applied."""
+"""A GGUF base (as the embedded SmolLM2 is) through pretraining, the merge and eval: imported once into the store's
+cache, the import shared by the three stages, the merged model equal to the GGUF base with the adapter applied."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import zhllama.models.gguf
 from zhllama.merge import run_merge
-from zhllama.models.loading import load_causal_lm
+from zhllama.models.loading import load_spec_model
 from zhllama.quantize.export import export_gguf
 from zhllama.run import RunContext
-from zhllama.spec import MergeSpec, TrainSpec
+from zhllama.spec import EvalSpec, MergeSpec, TrainSpec
 from zhllama.store import DirStore
 from zhllama.train import run_pretrain
 from zhllama.train.runtime_probe import write_synthetic_tokenizer
@@ -41,7 +41,7 @@ def tiny_gguf(root: Path) -> Path:
     return root / "gguf"
 
 
-def test_a_gguf_base_is_imported_once_for_pretraining_and_merge(tmp_path: Path,
+def test_a_gguf_base_is_imported_once_for_pretraining_merge_and_eval(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     gguf = tiny_gguf(tmp_path)
     rng = random.Random(0)
@@ -71,7 +71,9 @@ def test_a_gguf_base_is_imported_once_for_pretraining_and_merge(tmp_path: Path,
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "store" / "runs" / "merged" / "outputs" / "model",
                                                   dtype=torch.float32).eval()
-    reference, _ = load_causal_lm(gguf, [adapter], device="cpu")  # GGUF base + adapter, as eval loads them
+    evaluation = EvalSpec(run_id="ev", store=store, model=f"file://{gguf}", adapters=["run://pt/outputs/adapter"])
+    reference, _ = load_spec_model(RunContext.create(evaluation, workdir=tmp_path / "work"), evaluation)
+    assert len(imported) == 1, "eval re-imported the GGUF base instead of reusing the cached import"
     ids = torch.randint(0, VOCAB - 1, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, reference(input_ids=ids).logits,

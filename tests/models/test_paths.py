@@ -32,6 +32,8 @@ def test_model_errors_name_the_field_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"several GGUF files \(model-F16.gguf, model-Q4_0.gguf\); set gguf_file"):
         locate_model(several, choose_with="gguf_file")
     assert locate_model(several, gguf_file="model-Q4_0.gguf").gguf_file == "model-Q4_0.gguf"
+    with pytest.raises(UserError, match="gguf_file 'missing.gguf' is not in the model directory"):
+        locate_model(several, gguf_file="missing.gguf")
     with pytest.raises(UserError, match="^base_model .*: neither an HF model directory"):
         locate_model(touch(tmp_path / "empty"), field="base_model")
     with pytest.raises(UserError, match="a model file must be .gguf"):

@@ -63,7 +63,8 @@ def test_quantize_all_with_llama_cpp(spm_model: Path, tmp_path: Path) -> None:
     assert rows["F16"]["llama_cpp"]["logits_max_abs_diff"] < 0.1 < rows["Q4_K_M"]["llama_cpp"]["logits_max_abs_diff"]
     # llama.cpp's F16 perplexity is the HF model's up to half-precision rounding
     assert abs(rows["F16"]["llama_cpp"]["ppl_per_char"] / float32_ppl(spm_model) - 1) < 1e-2
-    assert "float32 HF model is not scored" in (tmp_path / "report.md").read_text()
+    header = (tmp_path / "report.md").read_text()
+    assert "float32 HF model is not scored" in header and "Δ is against F16 (llama.cpp). Perplexity" in header
 
 
 def test_without_an_f16_file_the_float32_model_is_the_reference(bpe_model: Path, tmp_path: Path) -> None:

@@ -50,18 +50,17 @@ def load_causal_lm(
     model: Path,
     adapters: list[Path],
     tokenizer: Path | None = None,
-    gguf_file: str | None = None,
     device: str | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Load `model` with `adapters` applied in order, in eval mode, on `device` (default: cuda if available).
 
-    `model` is an HF directory, a `.gguf` file, or a directory holding `gguf_file`. The tokenizer comes from
+    `model` is an HF directory, a `.gguf` file, or a directory holding one. The tokenizer comes from
     `tokenizer`, else from the last adapter that ships one (the SFT adapter carries the extended vocabulary),
     else from the model. The base's embeddings are resized to the rows each adapter was trained with before it
     loads (adapters trained on the extended vocabulary save full embed_tokens/lm_head of that size, padding
     included); the model returned has the tokenizer's rows.
     """
-    files = locate_model(model, field="model", gguf_file=gguf_file, choose_with="gguf_file")
+    files = locate_model(model, field="model", choose_with="gguf_file")
     tokenizer_files = locate_tokenizer(tokenizer) if tokenizer is not None else tokenizer_of(files, adapters)
     tok = load_tokenizer(tokenizer_files)
 

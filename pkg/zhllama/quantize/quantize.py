@@ -131,7 +131,6 @@ def quantize_all(
                 row["llama_quantizer"] = _llama_quantizer_row(
                     model_dir, out_dir, qtype, types, Path(scratch), heldout, reader, ours
                 )
-            del reader
     _add_deltas(report)
     write_report(report, out_dir)
     return report
@@ -248,9 +247,9 @@ def _add_deltas(report: dict[str, Any]) -> None:
     for engine in ("transformers", "llama_cpp"):
         f16 = rows.get("F16", {}).get(engine, {}).get("ppl_per_char")
         reference = f16 if f16 is not None else report["hf"].get("ppl_per_char")
-        report[f"{engine}_delta_reference"] = "F16" if f16 is not None else "HF model"
+        report[f"{engine}_delta_reference"] = "F16" if f16 is not None else "HF model" if reference else None
         if reference is None:
-            continue  # F16 was asked for and this engine did not score it: no Δ
+            continue  # this engine scored no F16 file, and the float32 model was not scored: no Δ
         for row in rows.values():
             ppl = row.get(engine, {}).get("ppl_per_char")
             if ppl is not None:

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+ENGINES = {"llama_cpp": "llama.cpp", "transformers": "transformers"}
+"""The engines that score a file, by their report key: llama.cpp first, the one that scores where it runs."""
+
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -20,8 +23,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Per-character perplexity on {heldout['characters']} held-out characters ({heldout['documents']} documents, "
         f"window {heldout['window']}, stride {heldout['stride']}); {float32_reference(report)} Δ is against "
-        f"{report['transformers_delta_reference']} (transformers) and {report['llama_cpp_delta_reference']} "
-        "(llama.cpp). Perplexity is scored by llama.cpp where it runs.",
+        + " and ".join(f"{report[f'{engine}_delta_reference']} ({name})" for engine, name in ENGINES.items()
+                       if report.get(f"{engine}_delta_reference"))
+        + ". Perplexity is scored by llama.cpp where it runs.",
         "",
         "| type | size (MB) | ppl/char (transformers) | Δ | ppl/char (llama.cpp) | Δ | tokens/s (llama.cpp) | checks |",
         "|---|---:|---:|---:|---:|---:|---:|---|",

@@ -262,13 +262,10 @@ def cell(text: str, limit: int = 80) -> str:
     return flat.replace("|", "\\|") or "(empty)"
 
 
-ENGINES = {"llama_cpp": "llama.cpp", "transformers": "transformers"}
-
-
 def quantize_section(report: dict[str, Any]) -> list[str]:
     """The paper's quantization table; each row measured by llama.cpp when it ran, else by transformers."""
     # the stage's own renderings of the quantizer comparison and the notes (its report format)
-    from zhllama.quantize.report import comparison_lines, double_quantization_note, float32_reference
+    from zhllama.quantize.report import ENGINES, comparison_lines, double_quantization_note, float32_reference
 
     heldout = report["heldout"]
     lines = ["## Quantization", "",
